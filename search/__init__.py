@@ -1,0 +1,1 @@
+"""The query layer: candidates, fusion, moments, summaries."""

@@ -1,0 +1,1 @@
+"""Persistence: the SQL catalog, the feature store and (later) the vector index."""

@@ -1,0 +1,5 @@
+"""`python -m vidx` runs the command line."""
+
+from vidx.cli import main
+
+main()

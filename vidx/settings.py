@@ -1,0 +1,43 @@
+"""All settings in one place, read from the environment (``VIDX_`` prefix) at the entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; everything below the entry points takes plain arguments."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDX_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./vidx-data"))
+    database_url: str | None = None
+
+    feature_fps: float = Field(default=1.0, gt=0, le=30)
+    clip_seconds: float = Field(default=1.5, gt=0.1, le=60)
+    frame_size: int = Field(default=224, ge=32, le=1024)
+    scene_threshold: float = Field(default=10.0, gt=0, le=100)
+    top_concepts: int = Field(default=5, ge=1, le=50)
+
+    asr_model: Literal["tiny.en", "base"] = "tiny.en"
+    asr_beam_size: int = Field(default=1, ge=1, le=10)
+    asr_language: str | None = None
+    threads: int = Field(default=0, ge=0)
+    cache_dir: Path | None = None
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir() / 'catalog.sqlite'}"
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir.expanduser().resolve()
+        return self.resolved_data_dir() / "cache"
