@@ -23,7 +23,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -194,36 +193,12 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-# An arbitrary constant so concurrent workers serialise their first-use migration.
-_PG_MIGRATION_LOCK = 7_351_120_411
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (safe to call from many processes)."""
-    try:
-        from alembic import command
-        from alembic.config import Config
-    except ImportError as e:  # pragma: no cover - alembic is a hard dependency
-        raise RuntimeError("alembic is required to migrate the catalog") from e
-    import migrations
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
-
-
 class Catalog:
-    """Engine + session factory for one catalog database, migrated on first use."""
+    """Engine + session factory for one catalog database (migrations.upgrade() brings its schema)."""
 
-    def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        if auto_migrate:
-            migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
