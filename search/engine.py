@@ -1,0 +1,243 @@
+"""The query layer: candidates from BM25 and both vector names, fusion, moments, and readable results."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import and_, or_, select
+
+from search.fusion import Candidate, ClipKey, reciprocal_rank, weighted_sum
+from search.moments import MomentSpan, merge_moments
+from store.catalog import Catalog, Clip, Media, MediaStatus, TranscriptSegment
+from store.features import FeatureStore
+from store.lexical import LexicalIndex
+from store.vectors import Filter, VectorIndex
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("lexical", "speech", "visual")
+_WORD = re.compile(r"[\w']+")
+# A query past this many characters is cut (at a word boundary): BERT sees 256 tokens anyway.
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    media: tuple[str, ...] = ()
+    path_prefix: str | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+    has_speech: bool | None = None
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    limit: int = 10
+    candidates: int = 100
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: float = 60.0
+    weights: tuple[tuple[str, float], ...] = (("lexical", 1.0), ("speech", 1.0), ("visual", 1.0))
+    sources: tuple[str, ...] = SOURCES
+    per_media: int = 3
+    merge_gap: int = 1
+    max_moment_clips: int = 20
+
+
+@dataclass
+class Moment:
+    media_id: int
+    media_path: str
+    start: float
+    end: float
+    score: float
+    scores: dict[str, float]
+    text: str
+    matched: list[str]
+    thumbnail: str | None
+    link: str
+    clips: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clean_query(text: str) -> str:
+    """The query as searched: whitespace collapsed, cut at MAX_QUERY_CHARS; ValueError if nothing is left."""
+    cleaned = " ".join(str(text).split())
+    if not _WORD.search(cleaned):
+        raise ValueError("empty query: expected some words to search for")
+    if len(cleaned) > MAX_QUERY_CHARS:
+        cut = cleaned[:MAX_QUERY_CHARS]
+        cleaned = cut.rsplit(" ", 1)[0] if " " in cut else cut
+        logger.info("query cut to %d characters", len(cleaned))
+    return cleaned
+
+
+class SearchEngine:
+    """Answers text queries over one catalog, its feature store and its indexes (read-only)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: FeatureStore,
+        vectors: VectorIndex,
+        lexical: LexicalIndex,
+        encode: Callable[[Sequence[str]], np.ndarray],
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.vectors = vectors
+        self.lexical = lexical
+        self.encode = encode
+        self.last_timings: dict[str, float] = {}
+
+    def resolve_filters(self, filters: SearchFilters) -> frozenset[int] | None:
+        """Media ids allowed by the filters (None: no restriction); ValueError for a filter matching nothing."""
+        if not (filters.media or filters.path_prefix or filters.min_duration is not None or filters.max_duration is not None):
+            return None
+        query = select(Media.id).where(Media.status == MediaStatus.INDEXED)
+        if filters.media:
+            ids = [int(m) for m in filters.media if str(m).isdigit()]
+            paths = [str(Path(m).expanduser().resolve()) for m in filters.media if not str(m).isdigit()]
+            names = [m for m in filters.media if not str(m).isdigit() and "/" not in m]
+            clauses = [Media.id.in_(ids), Media.path.in_(paths)] + [Media.path.endswith("/" + n) for n in names]
+            query = query.where(or_(*clauses))
+        if filters.path_prefix:
+            prefix = str(Path(filters.path_prefix).expanduser().resolve())
+            query = query.where(or_(Media.path == prefix, Media.path.startswith(prefix.rstrip("/") + "/")))
+        if filters.min_duration is not None:
+            query = query.where(Media.duration >= filters.min_duration)
+        if filters.max_duration is not None:
+            query = query.where(Media.duration <= filters.max_duration)
+        with self.catalog.session() as session:
+            allowed = frozenset(session.scalars(query).all())
+        if not allowed:
+            raise ValueError("no indexed media matches the filters (see `vidx ls`)")
+        return allowed
+
+    def candidates(
+        self, query: str, options: SearchOptions, allowed: frozenset[int] | None, has_speech: bool | None
+    ) -> dict[str, list[Candidate]]:
+        timings = self.last_timings
+        lists: dict[str, list[Candidate]] = {}
+        dense = [s for s in options.sources if s in ("speech", "visual")]
+        if dense:
+            t = time.perf_counter()
+            vector = self.encode([query])[0]
+            timings["embed"] = time.perf_counter() - t
+        if "lexical" in options.sources:
+            t = time.perf_counter()
+            hits = self.lexical.search(query, options.candidates, allowed, has_speech=has_speech)
+            lists["lexical"] = [Candidate((h.media_id, h.clip_index), h.score) for h in hits]
+            timings["lexical"] = time.perf_counter() - t
+        for name in dense:
+            t = time.perf_counter()
+            flt = Filter(media_ids=allowed, has_speech=has_speech)
+            found = self.vectors.search(name, vector, options.candidates, flt)
+            lists[name] = [Candidate((int(h.payload["media_id"]), int(h.payload["clip_index"])), h.score) for h in found]
+            timings[name] = time.perf_counter() - t
+        return lists
+
+    def search(self, text: str, options: SearchOptions = SearchOptions(), filters: SearchFilters = SearchFilters()) -> list[Moment]:
+        if options.limit < 1:
+            raise ValueError(f"expected a limit of at least 1, got {options.limit}")
+        unknown = set(options.sources) - set(SOURCES)
+        if unknown or not options.sources:
+            raise ValueError(f"expected sources among {', '.join(SOURCES)}, got {', '.join(options.sources) or 'none'}")
+        self.last_timings = {}
+        t0 = time.perf_counter()
+        query = clean_query(text)
+        allowed = self.resolve_filters(filters)
+        lists = self.candidates(query, options, allowed, filters.has_speech)
+        weights = dict(options.weights)
+        t = time.perf_counter()
+        if options.fusion == "rrf":
+            fused = reciprocal_rank(lists, weights, options.rrf_k)
+        elif options.fusion == "weighted":
+            fused = weighted_sum(lists, weights)
+        else:
+            raise ValueError(f"expected fusion 'rrf' or 'weighted', got {options.fusion!r}")
+        spans = merge_moments(fused, max_gap=options.merge_gap, max_clips=options.max_moment_clips)
+        chosen: list[MomentSpan] = []
+        per_media: dict[int, int] = {}
+        for span in spans:
+            if per_media.get(span.media_id, 0) >= options.per_media:
+                continue
+            per_media[span.media_id] = per_media.get(span.media_id, 0) + 1
+            chosen.append(span)
+            if len(chosen) >= options.limit:
+                break
+        self.last_timings["fuse"] = time.perf_counter() - t
+        t = time.perf_counter()
+        source_scores = {name: {c.key: c.score for c in cands} for name, cands in lists.items()}
+        moments = self._describe(query, chosen, source_scores)
+        self.last_timings["describe"] = time.perf_counter() - t
+        self.last_timings["total"] = time.perf_counter() - t0
+        return moments
+
+    def _describe(
+        self, query: str, spans: Sequence[MomentSpan], source_scores: dict[str, dict[ClipKey, float]]
+    ) -> list[Moment]:
+        if not spans:
+            return []
+        terms = {w.lower() for w in _WORD.findall(query) if len(w) > 2}
+        wanted = {(s.media_id, i) for s in spans for i in (s.first_clip, s.last_clip, s.best_clip)}
+        with self.catalog.session() as session:
+            media = {
+                m.id: m
+                for m in session.scalars(select(Media).where(Media.id.in_({s.media_id for s in spans}))).all()
+            }
+            clip_rows = session.execute(
+                select(Clip.media_id, Clip.clip_index, Clip.start, Clip.end, Clip.thumbnail).where(
+                    or_(*[and_(Clip.media_id == m, Clip.clip_index == i) for m, i in wanted])
+                )
+            ).all()
+            clips = {(r.media_id, r.clip_index): r for r in clip_rows}
+            moments = []
+            for span in spans:
+                first, last = clips.get((span.media_id, span.first_clip)), clips.get((span.media_id, span.last_clip))
+                m = media.get(span.media_id)
+                if first is None or last is None or m is None or m.status != MediaStatus.INDEXED:
+                    continue  # the index is a step behind the catalog; never show what the catalog lost
+                start, end = float(first.start), float(last.end)
+                segments = session.scalars(
+                    select(TranscriptSegment)
+                    .where(
+                        TranscriptSegment.media_id == span.media_id,
+                        TranscriptSegment.end > start,
+                        TranscriptSegment.start < end,
+                    )
+                    .order_by(TranscriptSegment.segment_index)
+                ).all()
+                snippet = " ".join(s.text for s in segments)
+                matched = sorted({w for w in _WORD.findall(snippet.lower()) if w in terms})
+                best = clips.get((span.media_id, span.best_clip))
+                thumb = str(self.store.root / best.thumbnail) if best is not None and best.thumbnail else None
+                per_source = {}
+                for name, scores in source_scores.items():
+                    vals = [scores[(span.media_id, i)] for i in span.clip_scores if (span.media_id, i) in scores]
+                    if vals:
+                        per_source[name] = round(max(vals), 4)
+                moments.append(
+                    Moment(
+                        media_id=span.media_id,
+                        media_path=m.path,
+                        start=round(start, 3),
+                        end=round(end, 3),
+                        score=round(span.score, 6),
+                        scores=per_source,
+                        text=snippet,
+                        matched=matched,
+                        thumbnail=thumb,
+                        link=f"{Path(m.path).as_uri()}#t={start:.2f}",
+                        clips=sorted(span.clip_scores),
+                    )
+                )
+        return moments
