@@ -45,7 +45,11 @@ class SearchOptions:
     rrf_k: float = 60.0
     weights: tuple[tuple[str, float], ...] = (("lexical", 1.0), ("speech", 1.0), ("visual", 1.0))
     sources: tuple[str, ...] = SOURCES
-    per_media: int = 3
+    # Below these cosines a dense hit is noise (MiniLM gives unrelated text ~0.1-0.15 against
+    # transcripts and ~0.15-0.25 against concept vectors on the dev library); noise must not earn
+    # rank credit in the fusion just for topping an irrelevant list.
+    min_scores: tuple[tuple[str, float], ...] = (("speech", 0.2), ("visual", 0.3))
+    per_media: int = 1
     merge_gap: int = 1
     max_moment_clips: int = 20
 
@@ -63,6 +67,7 @@ class Moment:
     thumbnail: str | None
     link: str
     clips: list[int] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +83,33 @@ def clean_query(text: str) -> str:
         cleaned = cut.rsplit(" ", 1)[0] if " " in cut else cut
         logger.info("query cut to %d characters", len(cleaned))
     return cleaned
+
+
+def focus_on_matches(
+    words: Sequence[tuple[float, float, str]], terms: set[str], pad: float = 0.5
+) -> tuple[float, float] | None:
+    """The tightest run of transcript words holding the most distinct query terms, padded; None if none match.
+
+    A run may span about 0.5 s per query term (at least 3 s), so a spoken phrase is one run
+    while a stray "they" ten seconds earlier is not.
+    """
+    hits = [(w[0], w[1], norm) for w in words if (norm := w[2].lower().strip(".,!?;:\"'")) in terms]
+    if not hits:
+        return None
+    span = max(3.0, 0.5 * len(terms))
+    best: tuple[int, float, int, int] | None = None
+    for i in range(len(hits)):
+        j = i
+        while j + 1 < len(hits) and hits[j + 1][1] - hits[i][0] <= span:
+            j += 1
+        distinct = len({h[2] for h in hits[i : j + 1]})
+        key = (distinct, -(hits[j][1] - hits[i][0]), i, j)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    if best is None:
+        return None
+    _, _, i, j = best
+    return hits[i][0] - pad, hits[j][1] + pad
 
 
 class SearchEngine:
@@ -143,6 +175,14 @@ class SearchEngine:
             found = self.vectors.search(name, vector, options.candidates, flt)
             lists[name] = [Candidate((int(h.payload["media_id"]), int(h.payload["clip_index"])), h.score) for h in found]
             timings[name] = time.perf_counter() - t
+        floors = dict(options.min_scores)
+        kept = {
+            name: [c for c in cands if c.score >= floors.get(name, float("-inf"))] if name in floors else cands
+            for name, cands in lists.items()
+        }
+        # When every source is below its floor, weak evidence beats an empty page.
+        if any(kept.values()):
+            lists = kept
         return lists
 
     def search(self, text: str, options: SearchOptions = SearchOptions(), filters: SearchFilters = SearchFilters()) -> list[Moment]:
@@ -161,7 +201,7 @@ class SearchEngine:
         if options.fusion == "rrf":
             fused = reciprocal_rank(lists, weights, options.rrf_k)
         elif options.fusion == "weighted":
-            fused = weighted_sum(lists, weights)
+            fused = weighted_sum(lists, weights, floors=dict(options.min_scores))
         else:
             raise ValueError(f"expected fusion 'rrf' or 'weighted', got {options.fusion!r}")
         spans = merge_moments(fused, max_gap=options.merge_gap, max_clips=options.max_moment_clips)
@@ -195,7 +235,7 @@ class SearchEngine:
                 for m in session.scalars(select(Media).where(Media.id.in_({s.media_id for s in spans}))).all()
             }
             clip_rows = session.execute(
-                select(Clip.media_id, Clip.clip_index, Clip.start, Clip.end, Clip.thumbnail).where(
+                select(Clip.media_id, Clip.clip_index, Clip.start, Clip.end, Clip.thumbnail, Clip.concepts).where(
                     or_(*[and_(Clip.media_id == m, Clip.clip_index == i) for m, i in wanted])
                 )
             ).all()
@@ -216,6 +256,17 @@ class SearchEngine:
                     )
                     .order_by(TranscriptSegment.segment_index)
                 ).all()
+                words = [
+                    (float(w[0]), float(w[1]), str(w[2]))
+                    for seg in segments
+                    for w in (seg.words or [])
+                    if float(w[1]) > start and float(w[0]) < end
+                ]
+                focus = focus_on_matches(words, terms)
+                if focus is not None:
+                    # The clips carry a few seconds of context; the words that matched say where it is.
+                    start, end = max(start, focus[0]), min(end, focus[1])
+                    segments = [s for s in segments if s.end > start and s.start < end]
                 snippet = " ".join(s.text for s in segments)
                 matched = sorted({w for w in _WORD.findall(snippet.lower()) if w in terms})
                 best = clips.get((span.media_id, span.best_clip))
@@ -238,6 +289,7 @@ class SearchEngine:
                         thumbnail=thumb,
                         link=f"{Path(m.path).as_uri()}#t={start:.2f}",
                         clips=sorted(span.clip_scores),
+                        concepts=[str(c[0]) for c in (best.concepts or [])[:3]] if best is not None else [],
                     )
                 )
         return moments

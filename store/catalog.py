@@ -89,6 +89,9 @@ class Media(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the search index holds for this file: the embedding version and when it was synced.
+    synced_version: Mapped[str | None] = mapped_column(String(64))
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     clips: Mapped[list[Clip]] = relationship(
         back_populates="media", cascade="all, delete-orphan", order_by="Clip.clip_index"

@@ -83,6 +83,21 @@ class FeatureStore:
             raise
         return final
 
+    def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Add or replace single arrays of an existing entry (each file swapped in atomically)."""
+        target = self.path(key)
+        if not (target / "meta.json").is_file():
+            raise ValueError(f"nothing stored for {key}: write() it first")
+        for name, array in arrays.items():
+            if not name.isidentifier():
+                raise ValueError(f"expected an identifier as array name, got {name!r}")
+            staging = target / f".{name}-{uuid.uuid4().hex[:8]}.npy"
+            np.save(staging, np.ascontiguousarray(array), allow_pickle=False)
+            os.replace(staging, target / f"{name}.npy")
+
+    def has(self, key: str, name: str) -> bool:
+        return (self.path(key) / f"{name}.npy").is_file()
+
     def load(self, key: str, name: str, *, mmap: bool = False) -> np.ndarray:
         file = self.path(key) / f"{name}.npy"
         if not file.is_file():

@@ -21,7 +21,7 @@ def run_ffmpeg(*args: str) -> None:
 
 
 def espeak(text: str, out: Path) -> Path:
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(out), text], check=True, timeout=60)
+    subprocess.run(["espeak-ng", "-s", "130", "-w", str(out), text], check=True, timeout=60)
     return out
 
 

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     clip_seconds: float = Field(default=1.5, gt=0.1, le=60)
     frame_size: int = Field(default=224, ge=32, le=1024)
     scene_threshold: float = Field(default=10.0, gt=0, le=100)
+    # Dropping non-reference frames halves H.264 decode CPU; sampled frames may land a frame or two late.
+    decode_skip_nonref: bool = True
     top_concepts: int = Field(default=5, ge=1, le=50)
 
     asr_model: Literal["tiny.en", "base"] = "tiny.en"
@@ -28,6 +30,16 @@ class Settings(BaseSettings):
     asr_language: str | None = None
     threads: int = Field(default=0, ge=0)
     cache_dir: Path | None = None
+
+    # Embeddings and the search index.
+    context_seconds: float = Field(default=1.5, ge=0, le=30)
+    concept_top_k: int = Field(default=10, ge=1, le=1000)
+    vector_backend: Literal["faiss", "qdrant"] = "faiss"
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    search_fusion: Literal["rrf", "weighted"] = "rrf"
+    search_candidates: int = Field(default=100, ge=10, le=10000)
+    search_per_media: int = Field(default=1, ge=1, le=1000)
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -1,0 +1,281 @@
+"""Index sync: the single writer that moves indexed clips from the catalog and feature store into the search index."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from indexer.embed import ClipEmbeddings, cached_label_embeddings, embed_clips, segments_to_words
+from indexer.features import imagenet_names
+from store.catalog import Catalog, Media, MediaStatus, utcnow
+from store.features import FeatureStore
+from store.lexical import LexicalIndex
+from store.vectors import Point, VectorIndex, point_id
+
+logger = logging.getLogger(__name__)
+
+# Part of every point id: a new embedding model gives new ids, so old and new never mix.
+EMBEDDING_VERSION = "minilm-l6+conse/v1"
+VECTOR_DIMS = {"speech": 384, "visual": 384}
+_EMBEDDING_ARRAYS = ("speech", "has_speech", "visual", "has_visual", "speech_text")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How clips are embedded; built from Settings at the entry points."""
+
+    context_seconds: float = 1.5
+    concept_top_k: int = 10
+    lexical_concepts: int = 3
+    lexical_min_prob: float = 0.05
+    cache_dir: Path = Path("vidx-data/cache")
+    threads: int = 0
+
+
+@dataclass
+class SyncReport:
+    upserted_media: int = 0
+    upserted_points: int = 0
+    deleted_media: int = 0
+    lexical_documents: int = 0
+    seconds: float = 0.0
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _words(segments: Sequence[Any]) -> list[tuple[float, float, str]]:
+    words: list[tuple[float, float, str]] = []
+    for seg in segments:
+        if seg.words:
+            words.extend((float(w[0]), float(w[1]), str(w[2])) for w in seg.words)
+        else:
+            words.extend(segments_to_words([(seg.start, seg.end, seg.text)]))
+    return words
+
+
+class Embedder:
+    """The text encoder and ImageNet label embeddings, loaded once on first use."""
+
+    def __init__(self, options: EmbedOptions) -> None:
+        self.options = options
+        self._encoder = None
+        self._labels: np.ndarray | None = None
+
+    @property
+    def encoder(self):  # type: ignore[no-untyped-def]
+        if self._encoder is None:
+            from models.text_encoder import load_text_encoder
+
+            self._encoder = load_text_encoder(threads=self.options.threads)
+        return self._encoder
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = cached_label_embeddings(self.encoder, imagenet_names(), self.options.cache_dir)
+        return self._labels
+
+    def embed(
+        self, clips: Sequence[tuple[float, float]], words: Sequence[tuple[float, float, str]], probs: np.ndarray | None
+    ) -> ClipEmbeddings:
+        return embed_clips(
+            clips,
+            words,
+            probs.astype(np.float32) if probs is not None else None,
+            self.encoder,
+            self.labels if probs is not None else None,
+            context=self.options.context_seconds,
+            top_k=self.options.concept_top_k,
+        )
+
+
+def embedding_arrays(emb: ClipEmbeddings) -> dict[str, np.ndarray]:
+    """The feature-store arrays of one file's embeddings, stamped with their version."""
+    return {
+        "speech": emb.speech.astype(np.float16),
+        "has_speech": emb.has_speech.astype(bool),
+        "visual": emb.visual.astype(np.float16),
+        "has_visual": emb.has_visual.astype(bool),
+        "speech_text": np.asarray(emb.speech_text, dtype=np.str_).reshape(-1),
+        "embedding_version": np.asarray([EMBEDDING_VERSION]),
+    }
+
+
+def save_embeddings(store: FeatureStore, key: str, emb: ClipEmbeddings) -> None:
+    store.put(key, embedding_arrays(emb))
+
+
+def load_embeddings(store: FeatureStore, key: str) -> ClipEmbeddings | None:
+    """The stored embeddings of one file if present and made by the current version, else None."""
+    if not all(store.has(key, name) for name in (*_EMBEDDING_ARRAYS, "embedding_version")):
+        return None
+    if str(store.load(key, "embedding_version").reshape(-1)[0]) != EMBEDDING_VERSION:
+        return None
+    return ClipEmbeddings(
+        speech=store.load(key, "speech"),
+        has_speech=store.load(key, "has_speech"),
+        visual=store.load(key, "visual"),
+        has_visual=store.load(key, "has_visual"),
+        speech_text=[str(t) for t in store.load(key, "speech_text")],
+    )
+
+
+def _clean_tag(name: str) -> str:
+    # "impala (antelope)" -> "impala antelope": the disambiguation words are useful query terms too.
+    return name.replace("(", " ").replace(")", " ").replace("/", " ")
+
+
+def lexical_text(speech_text: str, concepts: Sequence[Sequence[Any]] | None, top: int, min_prob: float) -> str:
+    tags = [_clean_tag(str(c[0])) for c in (concepts or [])[:top] if float(c[1]) >= min_prob]
+    return " ".join([speech_text, *tags]).strip()
+
+
+def sync_index(
+    catalog: Catalog,
+    store: FeatureStore,
+    vectors: VectorIndex,
+    lexical: LexicalIndex,
+    embedder: Embedder,
+    *,
+    full: bool = False,
+    progress: Callable[[str, float], None] | None = None,
+) -> SyncReport:
+    """Bring the search index in line with the catalog; ``full`` re-embeds and rewrites every file.
+
+    Only one process may run this per index (the FAISS files and Qdrant's local mode have one
+    owner); workers never call it, they only write catalog rows and feature files.
+    """
+    t0 = time.perf_counter()
+    report = SyncReport()
+    options = embedder.options
+    with catalog.session() as session:
+        rows = session.execute(
+            select(Media.id, Media.content_hash, Media.indexed_at, Media.synced_at, Media.synced_version).where(
+                Media.status == MediaStatus.INDEXED
+            )
+        ).all()
+    indexed = {r.id: r for r in rows}
+    if full:
+        vectors.clear()
+    gone = vectors.media_ids() - set(indexed)
+    if gone:
+        report.deleted_media = len(gone)
+        vectors.delete_media(gone)
+    stale = [
+        r.id
+        for r in rows
+        if full
+        or r.synced_version != EMBEDDING_VERSION
+        or r.synced_at is None
+        or (r.indexed_at is not None and _aware(r.synced_at) < _aware(r.indexed_at))
+    ]
+    for i, media_id in enumerate(sorted(stale)):
+        if progress is not None:
+            progress("embed", i / max(len(stale), 1))
+        try:
+            report.upserted_points += _sync_media(catalog, store, vectors, embedder, media_id, force=full)
+            report.upserted_media += 1
+        except ValueError as e:
+            # A file whose feature files vanished: report it, keep the rest of the index moving.
+            report.errors[media_id] = str(e)
+            logger.warning("index sync skipped media %s: %s", media_id, e)
+    if stale or gone or full or lexical.count() == 0:
+        if progress is not None:
+            progress("lexical", 1.0)
+        report.lexical_documents = _rebuild_lexical(catalog, store, lexical, options)
+    else:
+        report.lexical_documents = lexical.count()
+    vectors.flush()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _aware(value: Any) -> Any:
+    # SQLite hands back naive datetimes even for timezone=True columns.
+    from datetime import timezone
+
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def _sync_media(
+    catalog: Catalog, store: FeatureStore, vectors: VectorIndex, embedder: Embedder, media_id: int, *, force: bool
+) -> int:
+    with catalog.session() as session:
+        media = session.scalars(
+            select(Media).where(Media.id == media_id).options(selectinload(Media.clips), selectinload(Media.segments))
+        ).one()
+        key = media.content_hash or ""
+        clips = [(c.clip_index, c.start, c.end) for c in media.clips]
+        words = _words(media.segments)
+        indexed_at = media.indexed_at
+    if not key or not store.exists(key):
+        raise ValueError(f"feature files of media {media_id} are missing; re-ingest it")
+    emb = None if force else load_embeddings(store, key)
+    if emb is None or len(emb.speech) != len(clips):
+        probs = store.load(key, "probs") if store.has(key, "probs") else None
+        emb = embedder.embed([(s, e) for _, s, e in clips], words, probs)
+        save_embeddings(store, key, emb)
+    points = []
+    for row, (index, start, end) in enumerate(clips):
+        vecs: dict[str, np.ndarray] = {}
+        if emb.has_speech[row]:
+            vecs["speech"] = emb.speech[row].astype(np.float32)
+        if emb.has_visual[row]:
+            vecs["visual"] = emb.visual[row].astype(np.float32)
+        points.append(
+            Point(
+                id=point_id(key, index, EMBEDDING_VERSION),
+                vectors=vecs,
+                payload={
+                    "media_id": media_id,
+                    "clip_index": index,
+                    "start": float(start),
+                    "end": float(end),
+                    "has_speech": bool(emb.has_speech[row]),
+                },
+            )
+        )
+    vectors.delete_media([media_id])
+    vectors.upsert(points)
+    with catalog.session() as session:
+        media = session.get(Media, media_id)
+        # Only mark synced if nobody re-indexed the file while we embedded it.
+        if media is not None and media.indexed_at == indexed_at:
+            media.synced_version = EMBEDDING_VERSION
+            media.synced_at = utcnow()
+    return len(points)
+
+
+def _rebuild_lexical(catalog: Catalog, store: FeatureStore, lexical: LexicalIndex, options: EmbedOptions) -> int:
+    ids: list[str] = []
+    media_ids: list[int] = []
+    clip_indices: list[int] = []
+    texts: list[str] = []
+    speech: list[bool] = []
+    with catalog.session() as session:
+        media_rows = session.scalars(
+            select(Media).where(Media.status == MediaStatus.INDEXED).options(selectinload(Media.clips))
+        ).all()
+        for media in media_rows:
+            key = media.content_hash or ""
+            emb = load_embeddings(store, key) if key and store.exists(key) else None
+            if emb is None or len(emb.speech_text) != len(media.clips):
+                continue
+            for row, clip in enumerate(media.clips):
+                text = lexical_text(emb.speech_text[row], clip.concepts, options.lexical_concepts, options.lexical_min_prob)
+                if not text:
+                    continue
+                ids.append(point_id(key, clip.clip_index, EMBEDDING_VERSION))
+                media_ids.append(media.id)
+                clip_indices.append(clip.clip_index)
+                texts.append(text)
+                speech.append(bool(emb.has_speech[row]))
+    lexical.build(ids, media_ids, clip_indices, texts, speech)
+    return len(ids)

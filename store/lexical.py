@@ -1,0 +1,159 @@
+"""The lexical view of the index: BM25 (bm25s, Snowball-stemmed) over each clip's transcript window and tags."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _bm25s():  # type: ignore[no-untyped-def]
+    try:
+        import bm25s
+        import Stemmer
+    except ImportError as e:
+        raise RuntimeError("lexical search needs the bm25s and PyStemmer packages") from e
+    return bm25s, Stemmer
+
+
+@dataclass(frozen=True)
+class LexicalHit:
+    id: str
+    score: float
+    media_id: int
+    clip_index: int
+
+
+class LexicalIndex:
+    """A BM25 index of ``(point id, media id, clip index, text)`` documents, rebuilt whole from the catalog.
+
+    BM25's corpus statistics (document frequencies, average length) change with every document,
+    so the index is rebuilt rather than patched; it is a derived view, cheap next to ingestion.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._retriever = None
+        self._ids: np.ndarray | None = None
+        self._media: np.ndarray | None = None
+        self._clips: np.ndarray | None = None
+        self._speech: np.ndarray | None = None
+        self._stemmer = None
+
+    def _stem(self):  # type: ignore[no-untyped-def]
+        if self._stemmer is None:
+            _, Stemmer = _bm25s()
+            self._stemmer = Stemmer.Stemmer("english")
+        return self._stemmer
+
+    def _tokenize(self, texts: Sequence[str]):  # type: ignore[no-untyped-def]
+        bm25s, _ = _bm25s()
+        return bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stem(), show_progress=False)
+
+    def build(
+        self,
+        ids: Sequence[str],
+        media_ids: Sequence[int],
+        clip_indices: Sequence[int],
+        texts: Sequence[str],
+        has_speech: Sequence[bool] | None = None,
+    ) -> None:
+        """Replace the whole index with these documents and save it atomically."""
+        if not (len(ids) == len(media_ids) == len(clip_indices) == len(texts)):
+            raise ValueError(
+                f"expected ids, media_ids, clip_indices and texts of one length, got "
+                f"{len(ids)}, {len(media_ids)}, {len(clip_indices)}, {len(texts)}"
+            )
+        bm25s, _ = _bm25s()
+        staging = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            retriever = None
+            if len(texts):
+                retriever = bm25s.BM25()
+                retriever.index(self._tokenize(texts), show_progress=False)
+                retriever.save(str(staging / "bm25"))
+            np.save(staging / "media_ids.npy", np.asarray(media_ids, dtype=np.int64))
+            np.save(staging / "clip_indices.npy", np.asarray(clip_indices, dtype=np.int64))
+            speech = np.ones(len(ids), dtype=bool) if has_speech is None else np.asarray(has_speech, dtype=bool)
+            np.save(staging / "has_speech.npy", speech)
+            (staging / "ids.json").write_text(json.dumps(list(ids)))
+            old = None
+            if self.path.exists():
+                old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(self.path, old)
+            os.replace(staging, self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._retriever = retriever
+        self._ids = np.asarray(list(ids), dtype=object)
+        self._media = np.asarray(media_ids, dtype=np.int64)
+        self._clips = np.asarray(clip_indices, dtype=np.int64)
+        self._speech = speech
+
+    def _load(self) -> bool:
+        if self._ids is not None:
+            return True
+        if not (self.path / "ids.json").is_file():
+            return False
+        bm25s, _ = _bm25s()
+        self._ids = np.asarray(json.loads((self.path / "ids.json").read_text()), dtype=object)
+        self._media = np.load(self.path / "media_ids.npy")
+        self._clips = np.load(self.path / "clip_indices.npy")
+        self._speech = np.load(self.path / "has_speech.npy")
+        if (self.path / "bm25").exists():
+            self._retriever = bm25s.BM25.load(str(self.path / "bm25"))
+        return True
+
+    def count(self) -> int:
+        return len(self._ids) if self._load() and self._ids is not None else 0
+
+    def search(
+        self, query: str, limit: int, media_ids: frozenset[int] | None = None, *, has_speech: bool | None = None
+    ) -> list[LexicalHit]:
+        """Documents with a positive BM25 score for ``query``, best first, within the optional filters."""
+        if limit < 1:
+            raise ValueError(f"expected limit >= 1, got {limit}")
+        if not self._load() or self._retriever is None or self._ids is None or self._media is None or self._clips is None:
+            return []
+        tokens = self._tokenize([query])
+        if not tokens.ids or not tokens.ids[0]:
+            return []  # only stopwords or punctuation: nothing to match
+        keep = None
+        if media_ids is not None:
+            keep = np.isin(self._media, np.fromiter(media_ids, dtype=np.int64))
+        if has_speech is not None and self._speech is not None:
+            match = self._speech == has_speech
+            keep = match if keep is None else keep & match
+        mask = None
+        if keep is not None:
+            if not keep.any():
+                return []
+            mask = keep.astype(np.float32)
+        k = min(limit, len(self._ids))
+        docs, scores = self._retriever.retrieve(tokens, k=k, weight_mask=mask, show_progress=False, n_threads=1)
+        hits = []
+        for doc, score in zip(docs[0], scores[0]):
+            if score <= 0:
+                break
+            hits.append(
+                LexicalHit(
+                    id=str(self._ids[doc]),
+                    score=float(score),
+                    media_id=int(self._media[doc]),
+                    clip_index=int(self._clips[doc]),
+                )
+            )
+        return hits

@@ -1,0 +1,68 @@
+"""The `vidx` command line as a user runs it: exit codes, one-line errors, ls and show."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+
+def vidx(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, VIDX_DATA_DIR=str(data_dir), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "vidx", *args], capture_output=True, text=True, timeout=300, env=full_env
+    )
+
+
+def test_ingest_batch_with_bad_files_then_ls_and_show(data_dir: Path, cut_video: Path, bad_files: dict[str, Path]) -> None:
+    proc = vidx("ingest", str(bad_files["empty"]), str(cut_video), str(bad_files["missing"]), str(bad_files["text"]), "--json", data_dir=data_dir)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["status"] for r in results] == ["failed", "indexed", "failed", "failed"]
+    failed_lines = [line for line in proc.stderr.splitlines() if line.startswith("failed ")]
+    assert len(failed_lines) == 3
+    assert any("no such file" in line for line in failed_lines)
+
+    listing = vidx("ls", "--json", data_dir=data_dir)
+    assert listing.returncode == 0, listing.stderr
+    items = {Path(m["path"]).name: m for m in json.loads(listing.stdout)}
+    assert items["cuts.mp4"]["status"] == "indexed" and items["cuts.mp4"]["clips"] >= 3
+    assert items["empty.mp4"]["status"] == "failed" and items["empty.mp4"]["error"]
+    table = vidx("ls", data_dir=data_dir)
+    assert "cuts.mp4" in table.stdout and "indexed" in table.stdout
+
+    shown = vidx("show", "cuts.mp4", data_dir=data_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert "transcript" in shown.stdout and "fox" in shown.stdout.lower()
+    assert "shot" in shown.stdout
+    as_json = json.loads(vidx("show", str(items["cuts.mp4"]["id"]), "--json", data_dir=data_dir).stdout)
+    assert as_json["segments"] and as_json["clips"][0]["concepts"]
+    assert Path(as_json["clips"][0]["thumbnail"]).is_file()
+
+    # Re-running the same batch re-indexes nothing that was indexed.
+    again = vidx("ingest", str(cut_video), "--json", data_dir=data_dir)
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "skipped"
+
+
+def test_user_errors_are_one_line(data_dir: Path, tmp_path: Path) -> None:
+    unknown = vidx("show", "nothing-here.mp4", data_dir=data_dir)
+    assert unknown.returncode == 1 and "no media matches" in unknown.stderr and "Traceback" not in unknown.stderr
+    empty_dir = tmp_path / "empty-folder"
+    empty_dir.mkdir()
+    nothing = vidx("ingest", str(empty_dir), data_dir=data_dir)
+    assert nothing.returncode == 1 and "no media files" in nothing.stderr
+    bad_setting = vidx("ls", data_dir=data_dir, env={"VIDX_CLIP_SECONDS": "-3"})
+    assert bad_setting.returncode == 2 and "VIDX_" in bad_setting.stderr and "Traceback" not in bad_setting.stderr
+    empty = vidx("ls", data_dir=data_dir)
+    assert empty.returncode == 0 and "catalog is empty" in empty.stderr
+
+
+def test_ingest_with_database_url(data_dir: Path, silent_video: Path, database_url: str) -> None:
+    proc = vidx("ingest", str(silent_video), "--json", data_dir=data_dir, env={"VIDX_DATABASE_URL": database_url})
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(vidx("ls", "--json", data_dir=data_dir, env={"VIDX_DATABASE_URL": database_url}).stdout)
+    assert [m["status"] for m in listing] == ["indexed"]

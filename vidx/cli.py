@@ -1,0 +1,424 @@
+"""The `vidx` command line: ingest, ls, show, search, reindex, eval."""
+
+from __future__ import annotations
+
+import os
+
+# Decoder, backbone and ASR share the cores; OpenMP threads that spin while idle starve the
+# others (measured: 2.3x slower encoding beside ffmpeg). Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+from sqlalchemy import or_, select  # noqa: E402
+
+from vidx.app import App  # noqa: E402
+from vidx.settings import Settings  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find the moment in a library of videos and audio.")
+console = Console(stderr=True, soft_wrap=True)
+# Piped output is read by people with wide terminals and by scripts: do not wrap at 80.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+
+DataDir = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Data directory (default: $VIDX_DATA_DIR or ./vidx-data).")
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    try:
+        settings = Settings()
+    except Exception as e:  # pydantic's ValidationError: a bad VIDX_ variable
+        console.print(f"[red]error:[/red] bad VIDX_ setting: {str(e).splitlines()[0]}")
+        raise typer.Exit(2) from e
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    return settings
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # faster-whisper logs every VAD pass at INFO; keep the bars readable.
+    logging.getLogger("faster_whisper").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("bm25s").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _progress(disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("{task.description}", justify="left"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=disable,
+    )
+
+
+def _ingest_files(vapp: App, files: list[Path], *, as_json: bool, quiet: bool = False) -> dict[str, int]:
+    """Ingest ``files`` with progress bars, then sync the search index; returns counts per status."""
+    from indexer.pipeline import ingest_file
+
+    vapp.store.sweep()
+    options = vapp.ingest_options()
+    counts: dict[str, int] = {}
+    with _progress(disable=(as_json or quiet) and not sys.stderr.isatty()) as progress:
+        overall = progress.add_task(f"[bold]{len(files)} files", total=len(files))
+        for file in files:
+            task = progress.add_task(f"  {escape(file.name[:40])}", total=1.0)
+
+            def on_progress(stage: str, fraction: float, task: Any = task, name: str = file.name[:32]) -> None:
+                progress.update(task, completed=fraction, description=f"  {escape(name)} [dim]{stage}[/dim]")
+
+            result = ingest_file(file, vapp.catalog, vapp.store, options, on_progress, embedder=vapp.embedder)
+            counts[result.status] = counts.get(result.status, 0) + 1
+            progress.remove_task(task)
+            progress.advance(overall)
+            mark = {"indexed": "[green]indexed[/green]", "skipped": "[dim]skipped[/dim]",
+                    "duplicate": "[yellow]duplicate[/yellow]", "failed": "[red]failed[/red]"}[result.status]
+            detail = f"{result.clips} clips, {result.segments} segments" if result.status == "indexed" else result.reason
+            if not quiet or result.status == "failed":
+                progress.console.print(f"{mark} {escape(str(file))}: {escape(str(detail))}")
+            if as_json:
+                typer.echo(json.dumps({
+                    "path": result.path, "status": result.status, "media_id": result.media_id,
+                    "job_id": result.job_id, "reason": result.reason, "duration": result.duration,
+                    "clips": result.clips, "segments": result.segments,
+                    "timings": {k: round(v, 3) for k, v in result.timings.items()},
+                }))
+        sync_task = progress.add_task("  search index", total=1.0)
+        report = vapp.sync(progress=lambda stage, f: progress.update(sync_task, completed=f, description=f"  search index [dim]{stage}[/dim]"))
+        progress.update(sync_task, completed=1.0)
+    for media_id, error in report.errors.items():
+        console.print(f"[yellow]index sync skipped media {media_id}:[/yellow] {escape(error)}")
+    if not quiet:
+        console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return counts
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Media files or folders (searched recursively).")],
+    data_dir: DataDir = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+) -> None:
+    """Index media files into the catalog and the search index; exit 1 if any file failed."""
+    from indexer.pipeline import expand_paths
+
+    _setup_logging(verbose)
+    vapp = App(_settings(data_dir))
+    files = list(expand_paths(paths))
+    if not files:
+        console.print("[red]error:[/red] no media files found in the given paths")
+        raise typer.Exit(1)
+    counts = _ingest_files(vapp, files, as_json=as_json)
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def _library_size(vapp: App) -> tuple[int, int]:
+    """(indexed media, of which not yet in the search index)."""
+    from sqlalchemy import func
+
+    from indexer.sync import EMBEDDING_VERSION
+    from store.catalog import Media, MediaStatus
+
+    with vapp.catalog.session() as session:
+        indexed = session.scalar(select(func.count()).select_from(Media).where(Media.status == MediaStatus.INDEXED)) or 0
+        stale = session.scalar(
+            select(func.count()).select_from(Media).where(
+                Media.status == MediaStatus.INDEXED,
+                or_(Media.synced_version.is_(None), Media.synced_version != EMBEDDING_VERSION, Media.synced_at < Media.indexed_at),
+            )
+        ) or 0
+    return indexed, stale
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What you are looking for, in words.")],
+    limit: Annotated[int, typer.Option("--limit", "-k", min=1, max=1000)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of moments.")] = False,
+    media: Annotated[Optional[list[str]], typer.Option("--media", help="Only this media (id, path or file name); repeatable.")] = None,
+    path_prefix: Annotated[Optional[str], typer.Option("--path-prefix", help="Only media under this folder.")] = None,
+    min_duration: Annotated[Optional[float], typer.Option("--min-duration", help="Only media at least this long (s).")] = None,
+    max_duration: Annotated[Optional[float], typer.Option("--max-duration", help="Only media at most this long (s).")] = None,
+    has_speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Only clips with / without speech.")] = None,
+    fusion: Annotated[Optional[str], typer.Option("--fusion", help="rrf or weighted.")] = None,
+    sources: Annotated[Optional[str], typer.Option("--sources", help="Comma list of lexical,speech,visual.")] = None,
+    per_media: Annotated[Optional[int], typer.Option("--per-media", min=1, help="Most moments shown per file.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Find moments (file, start, end) for a text query."""
+    from search.engine import SearchFilters
+
+    _setup_logging(False)
+    vapp = App(_settings(data_dir))
+    indexed, stale = _library_size(vapp)
+    if indexed == 0:
+        console.print("the library is empty: run `vidx ingest PATH` first")
+        if as_json:
+            typer.echo("[]")
+        return
+    if stale:
+        _try_sync(vapp)
+    try:
+        options = vapp.search_options(
+            limit=limit, fusion=fusion, per_media=per_media,
+            sources=tuple(x.strip() for x in sources.split(",")) if sources else None,
+        )
+        filters = SearchFilters(
+            media=tuple(media or ()), path_prefix=path_prefix, min_duration=min_duration,
+            max_duration=max_duration, has_speech=has_speech,
+        )
+        with vapp.vectors(read_only=True) as vectors:
+            moments = vapp.engine(vectors).search(query, options, filters)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    if as_json:
+        typer.echo(json.dumps([m.to_dict() for m in moments], indent=2))
+        return
+    if not moments:
+        console.print("no matching moments")
+        return
+    table = Table(show_lines=True)
+    for col, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("time", "left"), ("why", "left"), ("what", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for rank, m in enumerate(moments, start=1):
+        snippet = escape(m.text[:200])
+        for word in m.matched:
+            snippet = re.sub(rf"(?i)\b({re.escape(word)})\b", r"[bold yellow]\1[/bold yellow]", snippet)
+        why = " ".join(f"{k} {v:.2f}" for k, v in m.scores.items())
+        table.add_row(
+            str(rank), f"{m.score:.4f}", escape(m.media_path), f"{_fmt_time(m.start)}-{_fmt_time(m.end)}",
+            why, snippet or f"[dim]{escape(', '.join(m.concepts)) or '(no speech)'}[/dim]",
+        )
+    out.print(table)
+
+
+def _try_sync(vapp: App) -> None:
+    try:
+        vapp.sync()
+    except RuntimeError as e:  # another process holds the index: search what is there
+        console.print(f"[yellow]note:[/yellow] search index not refreshed: {escape(str(e))}")
+
+
+@app.command()
+def reindex(data_dir: DataDir = None) -> None:
+    """Rebuild the search index from the catalog and feature store (no decoding, no ASR)."""
+    _setup_logging(False)
+    vapp = App(_settings(data_dir))
+    with _progress() as progress:
+        task = progress.add_task("reindex", total=1.0)
+        report = vapp.sync(full=True, progress=lambda stage, f: progress.update(task, completed=f, description=f"reindex [dim]{stage}[/dim]"))
+        progress.update(task, completed=1.0)
+    console.print(
+        f"{report.upserted_media} media, {report.upserted_points} clips, "
+        f"{report.lexical_documents} lexical documents in {report.seconds:.1f}s"
+    )
+    for media_id, error in report.errors.items():
+        console.print(f"[yellow]skipped media {media_id}:[/yellow] {escape(error)}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate_manifest(
+    manifest: Annotated[Path, typer.Argument(help="Evaluation manifest (JSON, DESIGN.md section 8).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Use (and keep) this data directory instead of a fresh one.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=10)] = 10,
+    ablations: Annotated[bool, typer.Option("--ablations", help="Also run lexical-only, dense-only and the other fusion.")] = False,
+) -> None:
+    """Ingest a manifest's media, run its queries, print R@1/5/10, MRR and start-time error."""
+    import tempfile
+
+    from search.evaluate import evaluate, load_manifest
+
+    _setup_logging(False)
+    try:
+        spec = load_manifest(manifest)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    with tempfile.TemporaryDirectory(prefix="vidx-eval-") as tmp:
+        settings = _settings(data_dir if data_dir is not None else Path(tmp))
+        if data_dir is None:
+            settings = settings.model_copy(update={"database_url": None})
+        vapp = App(settings)
+        counts = _ingest_files(vapp, sorted(set(spec.media.values())), as_json=False, quiet=True)
+        if counts.get("failed"):
+            console.print(f"[yellow]note:[/yellow] {counts['failed']} manifest files failed to ingest")
+        configs = {"hybrid": {}}
+        if ablations:
+            other = "weighted" if vapp.settings.search_fusion == "rrf" else "rrf"
+            configs.update({
+                "lexical_only": {"sources": ("lexical",)},
+                "dense_only": {"sources": ("speech", "visual")},
+                f"hybrid_{other}": {"fusion": other},
+            })
+        report: dict[str, Any] = {"manifest": spec.name}
+        with vapp.vectors(read_only=True) as vectors:
+            engine = vapp.engine(vectors)
+            for name, overrides in configs.items():
+                options = vapp.search_options(limit=limit, **overrides)
+                results = {q.id: [m.to_dict() for m in engine.search(q.text, options)] for q in spec.queries}
+                scored = evaluate(spec, results)
+                if name == "hybrid":
+                    report["metrics"] = scored["metrics"]
+                    report["queries"] = scored["queries"]
+                    report["settings"] = {"fusion": options.fusion, "candidates": options.candidates, "per_media": options.per_media}
+                else:
+                    report.setdefault("ablations", {})[name] = scored["metrics"]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{spec.name}: {len(spec.queries)} queries")
+    for col in ("config", "kind", "n", "R@1", "R@5", "R@10", "MRR", "median start err (s)"):
+        table.add_column(col)
+    rows = [("hybrid", report["metrics"])] + list(report.get("ablations", {}).items())
+    for name, per_kind in rows:
+        for kind, m in per_kind.items():
+            if m.get("queries"):
+                err = m["median_start_error_s"]
+                table.add_row(name, kind, str(m["queries"]), f"{m['R@1']:.2f}", f"{m['R@5']:.2f}", f"{m['R@10']:.2f}",
+                              f"{m['MRR']:.3f}", "-" if err is None else f"{err:.2f}")
+    out.print(table)
+
+
+@app.command("ls")
+def list_media(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the media in the catalog with their state."""
+    from store.catalog import Media
+
+    vapp = App(_settings(data_dir))
+    with vapp.catalog.session() as session:
+        rows = session.scalars(select(Media).order_by(Media.path)).all()
+        items = [
+            {
+                "id": m.id, "path": m.path, "status": m.status, "duration": m.duration,
+                "video": m.has_video, "audio": m.has_audio, "clips": m.clip_count,
+                "segments": m.segment_count, "language": m.language, "error": m.error,
+            }
+            for m in rows
+        ]
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        console.print("the catalog is empty: run `vidx ingest PATH`")
+        return
+    table = Table(show_lines=False)
+    for col in ("id", "status", "duration", "streams", "clips", "segments", "path / error"):
+        table.add_column(col, justify="right" if col in ("id", "duration", "clips", "segments") else "left")
+    for m in items:
+        streams = "+".join(s for s, on in (("video", m["video"]), ("audio", m["audio"])) if on) or "-"
+        status = {"indexed": "[green]indexed[/green]", "failed": "[red]failed[/red]"}.get(m["status"], m["status"])
+        where = escape(m["path"]) if not m["error"] else f"{escape(m['path'])}\n[red]{escape(m['error'])}[/red]"
+        duration = f"{m['duration']:.1f}s" if m["duration"] else "-"
+        table.add_row(str(m["id"]), status, duration, streams, str(m["clips"]), str(m["segments"]), where)
+    out.print(table)
+
+
+def _fmt_time(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{secs:05.2f}"
+
+
+@app.command()
+def show(
+    media: Annotated[str, typer.Argument(help="Media id, path, or a unique file name.")],
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one file: its streams, transcript with times, and clips with concept tags."""
+    from store.catalog import Media
+
+    vapp = App(_settings(data_dir))
+    with vapp.catalog.session() as session:
+        query = select(Media)
+        if media.isdigit():
+            query = query.where(Media.id == int(media))
+        else:
+            absolute = os.path.abspath(media)
+            query = query.where(or_(Media.path == absolute, Media.path.endswith("/" + media)))
+        found = session.scalars(query).all()
+        if not found:
+            console.print(f"[red]error:[/red] no media matches {media!r} (see `vidx ls`)")
+            raise typer.Exit(1)
+        if len(found) > 1:
+            console.print(f"[red]error:[/red] {media!r} matches {len(found)} files; give the id or full path")
+            raise typer.Exit(1)
+        m = found[0]
+        item = {
+            "id": m.id, "path": m.path, "status": m.status, "error": m.error, "duration": m.duration,
+            "has_video": m.has_video, "has_audio": m.has_audio, "video_codec": m.video_codec,
+            "audio_codec": m.audio_codec, "width": m.width, "height": m.height, "fps": m.fps,
+            "language": m.language, "content_hash": m.content_hash,
+            "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in m.segments],
+            "clips": [
+                {"index": c.clip_index, "start": c.start, "end": c.end, "shot": c.shot, "concepts": c.concepts,
+                 "thumbnail": str(vapp.store.root / c.thumbnail) if c.thumbnail else None}
+                for c in m.clips
+            ],
+        }
+    if as_json:
+        typer.echo(json.dumps(item, indent=2))
+        return
+    out.print(f"[bold]{escape(item['path'])}[/bold]  (id {item['id']}, {item['status']})")
+    if item["error"]:
+        out.print(f"[red]{escape(item['error'])}[/red]")
+    if item["duration"]:
+        parts = [f"{item['duration']:.2f}s"]
+        if item["has_video"]:
+            parts.append(f"video {item['video_codec']} {item['width']}x{item['height']} @ {item['fps'] or 0:.2f} fps")
+        if item["has_audio"]:
+            parts.append(f"audio {item['audio_codec']}")
+        if item["language"]:
+            parts.append(f"language {item['language']}")
+        out.print(", ".join(parts))
+    if item["segments"]:
+        out.print("\n[bold]transcript[/bold]")
+        for s in item["segments"]:
+            out.print(f"  [cyan]{_fmt_time(s['start'])}-{_fmt_time(s['end'])}[/cyan]  {escape(s['text'])}")
+    elif item["has_audio"] and item["status"] == "indexed":
+        out.print("\n[dim]no speech found[/dim]")
+    if item["clips"]:
+        out.print(f"\n[bold]clips[/bold] ({len(item['clips'])})")
+        for c in item["clips"]:
+            tags = ", ".join(f"{name} {p:.2f}" for name, p in (c["concepts"] or [])[:3]) or "-"
+            out.print(f"  {c['index']:4d}  [cyan]{_fmt_time(c['start'])}-{_fmt_time(c['end'])}[/cyan]  shot {c['shot']:3d}  {escape(tags)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
