@@ -221,7 +221,8 @@ class VideoDecoder:
                 bufsize=frame_bytes,
             )
             self._proc = proc
-            assert proc.stdout is not None
+            if proc.stdout is None:  # cannot happen with stdout=PIPE; keeps the type checker honest
+                raise RuntimeError("ffmpeg started without a stdout pipe")
             index = 0
             while True:
                 rgb = np.empty((self.height, self.width, 3), dtype=np.uint8)
