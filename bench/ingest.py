@@ -10,7 +10,7 @@ load cold), all side by side in one run:
   asr      transcription alone (faster-whisper tiny.en, VAD on, word timestamps)
   backbone EfficientNet-Lite0 alone on the file's sampled frames (decoded beforehand, not timed)
 
-The floors exclude model loading; the ingest's `pipeline_s` (hash + probe + analyse + write,
+The floors exclude model loading; the ingest's `pipeline_s` (hash + probe + analyse + embed + write,
 from its own timings) is what is compared with their sum.
 """
 
@@ -104,7 +104,7 @@ def measure(path: Path, repeat: int) -> dict[str, object]:
             duration = result["duration"]
             rows["ingest_wall"].append(wall)
             rows["rss"].append(rss)
-            rows["pipeline"].append(sum(t.get(k, 0.0) for k in ("hash", "probe", "analyse", "write")))
+            rows["pipeline"].append(sum(t.get(k, 0.0) for k in ("hash", "probe", "analyse", "embed", "write")))
             stages = t
         for kind in ("decode", "asr", "backbone"):
             _, _, text = _child([py, __file__, "--floor", kind, str(path)])

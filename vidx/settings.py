@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +51,8 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.resolved_data_dir() / 'catalog.sqlite'}"
 
     def resolved_cache_dir(self) -> Path:
+        """Derived model files (joined Whisper base, label embeddings), shared by every data directory."""
         if self.cache_dir is not None:
             return self.cache_dir.expanduser().resolve()
-        return self.resolved_data_dir() / "cache"
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".cache").expanduser().resolve() / "vidx"
