@@ -442,9 +442,17 @@ class FaissIndex(VectorIndex):
     A writer holds ``path/.lock`` (``fcntl.flock``); a second writer gets
     :class:`IndexLockedError`, readers (``read_only=True``) take no lock.
 
+    Writes: new points are appended (an HNSW add, no rebuild). The switch from exact to HNSW
+    happens lazily, at the next search, ``flush`` or ``stats`` after a name crosses the threshold,
+    so a bulk reindex builds the graph once. A replaced or deleted vector leaves a stale label,
+    masked at search time; re-upserting an identical vector keeps its label. A flat index drops
+    stale labels before its next search; HNSW is rebuilt from its own storage once over 20% of
+    its labels are stale (minutes at 1M on two cores), and goes back to exact below half the
+    threshold.
+
     FAISS indexes load lazily, on the first search or write of their vector name. ``threads``
-    calls ``faiss.omp_set_num_threads`` (process-wide). Not safe for concurrent use from several
-    threads beyond what its internal lock serialises (every public method takes it).
+    calls ``faiss.omp_set_num_threads`` (process-wide; it sets the build's parallelism). Every
+    public method takes an internal lock, so threads may share an instance (searches serialise).
     """
 
     _STALE_REBUILD = 0.2  # rebuild an HNSW index when this fraction of its labels is stale

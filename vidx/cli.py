@@ -60,7 +60,10 @@ def _setup_logging(verbose: bool) -> None:
     )
     # faster-whisper logs every VAD pass at INFO; keep the bars readable.
     logging.getLogger("faster_whisper").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("bm25s").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        # bm25s sets its own logger to DEBUG when imported, so a level set here would not last.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: record.levelno >= logging.WARNING or not record.name.startswith("bm25s"))
 
 
 def _progress(disable: bool = False) -> Progress:
