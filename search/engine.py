@@ -240,6 +240,24 @@ class SearchEngine:
                 )
             ).all()
             clips = {(r.media_id, r.clip_index): r for r in clip_rows}
+            # One round trip for every moment's transcript, not one per moment.
+            ranges = []
+            for span in spans:
+                first, last = clips.get((span.media_id, span.first_clip)), clips.get((span.media_id, span.last_clip))
+                if first is not None and last is not None:
+                    ranges.append(
+                        and_(
+                            TranscriptSegment.media_id == span.media_id,
+                            TranscriptSegment.end > first.start,
+                            TranscriptSegment.start < last.end,
+                        )
+                    )
+            by_media: dict[int, list[TranscriptSegment]] = {}
+            if ranges:
+                for seg in session.scalars(
+                    select(TranscriptSegment).where(or_(*ranges)).order_by(TranscriptSegment.segment_index)
+                ):
+                    by_media.setdefault(seg.media_id, []).append(seg)
             moments = []
             for span in spans:
                 first, last = clips.get((span.media_id, span.first_clip)), clips.get((span.media_id, span.last_clip))
@@ -247,15 +265,7 @@ class SearchEngine:
                 if first is None or last is None or m is None or m.status != MediaStatus.INDEXED:
                     continue  # the index is a step behind the catalog; never show what the catalog lost
                 start, end = float(first.start), float(last.end)
-                segments = session.scalars(
-                    select(TranscriptSegment)
-                    .where(
-                        TranscriptSegment.media_id == span.media_id,
-                        TranscriptSegment.end > start,
-                        TranscriptSegment.start < end,
-                    )
-                    .order_by(TranscriptSegment.segment_index)
-                ).all()
+                segments = [s for s in by_media.get(span.media_id, []) if s.end > start and s.start < end]
                 words = [
                     (float(w[0]), float(w[1]), str(w[2]))
                     for seg in segments

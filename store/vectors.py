@@ -395,6 +395,11 @@ class _Selection:
         self.count = int(mask.sum()) if mask is not None else len(labels)  # type: ignore[arg-type]
         self._keep: Any = None
 
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = np.flatnonzero(self._mask)
+        return self._labels
+
     def selector(self, faiss: Any, ntotal: int) -> Any:
         """A FAISS IDSelectorBitmap (the bitmap is kept alive with this object)."""
         if self._mask is None:
@@ -456,6 +461,7 @@ class FaissIndex(VectorIndex):
     """
 
     _STALE_REBUILD = 0.2  # rebuild an HNSW index when this fraction of its labels is stale
+    _GATHER_RATIO = 100  # exact search of a selection this many times smaller than the index: gather
 
     def __init__(
         self,
@@ -1056,13 +1062,22 @@ class FaissIndex(VectorIndex):
             faiss.omp_set_num_threads(before)
 
     def _exact_subset(self, index: Any, q: np.ndarray, k: int, sel: _Selection) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of ``q`` over the selected labels: a scan of the stored vectors (flat, or
-        HNSW's storage) with an ID selector, which skips the distance of every unselected vector.
+        """Exact top-k of ``q`` over the selected labels.
 
-        Measured at 100k x 384 (one query, selection of 2,000): 0.9 ms p50, against 1.8-2.5 ms to
-        gather the selected vectors and search them, and 4-8 ms with numpy's threaded OpenBLAS.
+        Usually a scan of the stored vectors (flat, or HNSW's storage) with an ID selector, which
+        skips the distance of every unselected vector; a selection under 1/``_GATHER_RATIO`` of the
+        index gathers its vectors and searches just those instead. Measured (one query, 384-d,
+        2,000 selected): the scan takes 0.9 ms at 100k and 6.8 ms at 1M, the gather ~2 ms at
+        either; numpy's threaded OpenBLAS took 4-8 ms for the same gather on this busy machine.
         """
         faiss = self._faiss
+        view = self._codes_view(index) if sel.count * self._GATHER_RATIO <= index.ntotal else None
+        if view is not None:
+            labels = sel.labels()
+            vecs = np.ascontiguousarray(view[labels], dtype=np.float32)
+            with self._few_threads(len(q)):
+                D, Idx = faiss.knn(q, vecs, k, metric=faiss.METRIC_INNER_PRODUCT)
+            return D, np.where(Idx >= 0, labels[np.maximum(Idx, 0)], -1)
         flat = faiss.downcast_index(index.storage) if self._is_hnsw(index) else index
         with self._few_threads(len(q)):
             return flat.search(q, k, params=faiss.SearchParameters(sel=sel.selector(faiss, index.ntotal)))
