@@ -7,7 +7,8 @@ of one index, and is capped (``--max-seconds`` for the fill; the child is killed
 ``--kill-after`` x that). Configurations:
 
   faiss-exact  FaissIndex forced exact (IndexFlatIP) at every size
-  faiss-hnsw   FaissIndex forced HNSW (fp16 storage, M=32, ef_search=128, ef_construction=40)
+  faiss-hnsw   FaissIndex forced HNSW (fp16 storage, M=32, ef_construction=40, default ef_search:
+               256 * (N / 100k) ** 0.4 in [128, 1024], reported as "ef")
   faiss        FaissIndex with its defaults (exact below hnsw_threshold=20,000, HNSW above)
   qdrant       QdrantIndex in local mode (QdrantClient(path=...))
 
@@ -142,7 +143,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         threshold = {"faiss-exact": 10**12, "faiss-hnsw": 1, "faiss": 20_000}[backend]
         idx = FaissIndex(work / "faiss", dims, hnsw_threshold=threshold, threads=cfg["threads"])
-        out.update(hnsw_m=idx.hnsw_m, ef_search=idx.ef_search, ef_construction=idx.ef_construction,
+        out.update(hnsw_m=idx.hnsw_m, ef_construction=idx.ef_construction,
                    hnsw_threshold=idx.hnsw_threshold, threads=cfg["threads"])
 
     # fill
@@ -184,6 +185,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     out["flush_s"] = round(time.perf_counter() - t, 2)
     if stats:
         out["kind"] = stats["speech"]["kind"]
+        if out["kind"] == "hnsw":
+            out["ef"] = idx.ef_for(stats["speech"]["vectors"])
         out["index_mib"] = round(sum(stats[n]["vector_bytes"] + stats[n]["graph_bytes"] for n in names) / 2**20, 1)
 
     # latency, one query per call
@@ -263,7 +266,8 @@ def run_child(cfg: dict[str, Any], kill_after: float) -> dict[str, Any]:
 
 
 TABLE_COLS = [
-    ("backend", "backend"), ("size", "N"), ("data", "data"), ("names", "names"), ("filled", "filled"), ("kind", "kind"),
+    ("backend", "backend"), ("size", "N"), ("data", "data"), ("names", "names"), ("filled", "filled"),
+    ("kind", "kind"), ("ef", "ef"),
     ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("filter_media5_p50_ms", "media5 p50"),
     ("filter_speech_p50_ms", "speech p50"), ("recall10", "recall@10"), ("recall10_perturbed", "r@10 pert"),
     ("recall10_random", "r@10 rand"), ("insert_s", "insert s"), ("build_s", "build s"), ("flush_s", "flush s"),

@@ -425,12 +425,15 @@ class FaissIndex(VectorIndex):
     * storage: fp16 gave the same recall@10 as float32 (``storage="flat"``) and as ``"sq8"`` at
       5k-100k, at half float32's memory and equal or lower latency; sq8 halves it again but its
       rebuilds re-quantise, so fp16 is the default.
-    * ef_search: 100k embedding-like vectors (bench data "clustered"), M=32, ef_construction=40,
-      recall@10 vs exact (perturbed-copy / random queries) and p50: ef 128 -> 0.980 / 0.866,
-      1.2 ms; ef 192 -> 0.988 / 0.916, 1.7 ms; ef 256 -> 0.990 / 0.941, 2.3 ms; ef 384 ->
-      0.998 / 0.964, 3.2 ms. ``ef_search=256`` keeps the mean above 0.95 at an eighth of the
-      exact latency. (On uniform random 384-d vectors no HNSW setting gets near that: every
-      neighbour is nearly equidistant; see ``bench/search_index.py``.)
+    * ef_search: measured on embedding-like vectors (bench data "clustered"), M=32,
+      ef_construction=40, recall@10 against exact (mean of perturbed-copy and random queries)
+      and p50 of one query. 100k: ef 128 -> 0.923, 1.2 ms; 192 -> 0.952, 1.7 ms; 256 -> 0.966,
+      2.3 ms; 384 -> 0.981, 3.2 ms. 1M: ef 256 -> 0.871, 3.1 ms; 384 -> 0.915, 4.2 ms;
+      512 -> 0.944, 5.4 ms; 768 -> 0.971, 7.7 ms; 1024 -> 0.986, 10.1 ms (exact: 138 ms).
+      The beam a given recall needs grows with the index, so by default (``ef_search=None``)
+      ef = 256 * (n / 100k) ** 0.4, clamped to [128, 1024]: 256 at 100k, 643 at 1M, both at
+      about 0.96. Pass ``ef_search`` to fix it. (On uniform random 384-d vectors no HNSW setting
+      gets near that - every neighbour is nearly equidistant; see ``bench/search_index.py``.)
     * ef_construction=40 (FAISS's default): the build dominates at 1M on two cores.
 
     A flat search of fewer than 20 queries runs on one OpenMP thread (:meth:`_few_threads`).
@@ -469,7 +472,7 @@ class FaissIndex(VectorIndex):
         dims: Mapping[str, int],
         hnsw_threshold: int = 20_000,
         hnsw_m: int = 32,
-        ef_search: int = 256,
+        ef_search: int | None = None,
         ef_construction: int = 40,
         *,
         storage: str = "fp16",
@@ -478,9 +481,10 @@ class FaissIndex(VectorIndex):
     ) -> None:
         self._faiss = _import_faiss()
         self.dims = _check_dims(dims)
-        if hnsw_threshold < 1 or hnsw_m < 4 or ef_search < 1 or ef_construction < 1:
+        bad_ef = ef_search is not None and ef_search < 1
+        if hnsw_threshold < 1 or hnsw_m < 4 or bad_ef or ef_construction < 1:
             raise ValueError(
-                "expected hnsw_threshold >= 1, hnsw_m >= 4, ef_search >= 1 and ef_construction >= 1, got "
+                "expected hnsw_threshold >= 1, hnsw_m >= 4, ef_search >= 1 (or None) and ef_construction >= 1, got "
                 f"{hnsw_threshold}, {hnsw_m}, {ef_search}, {ef_construction}"
             )
         if storage not in _HNSW_STORAGES:
@@ -488,7 +492,7 @@ class FaissIndex(VectorIndex):
         self.path = Path(path)
         self.hnsw_threshold = int(hnsw_threshold)
         self.hnsw_m = int(hnsw_m)
-        self.ef_search = int(ef_search)
+        self.ef_search = None if ef_search is None else int(ef_search)
         self.ef_construction = int(ef_construction)
         self.storage = storage
         self.read_only = read_only
@@ -732,7 +736,7 @@ class FaissIndex(VectorIndex):
             qt = faiss.ScalarQuantizer.QT_fp16 if self.storage == "fp16" else faiss.ScalarQuantizer.QT_8bit
             index = faiss.IndexHNSWSQ(dim, qt, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
-        index.hnsw.efSearch = self.ef_search
+        index.hnsw.efSearch = self.ef_for(1)
         return index
 
     def _codes_view(self, index: Any) -> np.ndarray | None:
@@ -1082,15 +1086,22 @@ class FaissIndex(VectorIndex):
         with self._few_threads(len(q)):
             return flat.search(q, k, params=faiss.SearchParameters(sel=sel.selector(faiss, index.ntotal)))
 
+    def ef_for(self, n: int) -> int:
+        """The HNSW search beam for an index of ``n`` vectors: ``ef_search``, or by default
+        256 * (n / 100k) ** 0.4 clamped to [128, 1024] (see the class docstring)."""
+        if self.ef_search is not None:
+            return self.ef_search
+        return int(min(1024, max(128, round(256 * (max(n, 1) / 100_000) ** 0.4))))
+
     def _search_hnsw(self, index: Any, q: np.ndarray, k: int, sel: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
         faiss = self._faiss
         if sel is None:
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_for(index.ntotal), k))
         else:
             # The HNSW beam also holds points the filter rejects: widen it by the filter's
             # selectivity, and search the matching vectors exactly when that costs about as much
             # (HNSW computes roughly ef * M distances; exact search, one per selected vector).
-            ef = math.ceil(max(self.ef_search, k) * index.ntotal / sel.count)
+            ef = math.ceil(max(self.ef_for(index.ntotal), k) * index.ntotal / sel.count)
             if sel.count <= max(self.hnsw_threshold, ef * self.hnsw_m):
                 return self._exact_subset(index, q, k, sel)
             params = faiss.SearchParametersHNSW(sel=sel.selector(faiss, index.ntotal), efSearch=ef)
