@@ -92,6 +92,9 @@ class Media(Base):
     # What the search index holds for this file: the embedding version and when it was synced.
     synced_version: Mapped[str | None] = mapped_column(String(64))
     synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The job that is (re)indexing this file: two jobs for one path must not both write it.
+    # No foreign key: jobs already point at media, and a cycle would complicate deletes.
+    claimed_by: Mapped[int | None] = mapped_column(Integer)
 
     clips: Mapped[list[Clip]] = relationship(
         back_populates="media", cascade="all, delete-orphan", order_by="Clip.clip_index"
@@ -150,6 +153,15 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Queue bookkeeping: the batch a job was enqueued with, how it ended (indexed, skipped,
+    # duplicate, failed) and why, the last stage whose output is kept (a redelivered job resumes
+    # after it), and which worker process runs it now with its last sign of life.
+    batch: Mapped[str | None] = mapped_column(String(36), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    done_stage: Mapped[str | None] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
