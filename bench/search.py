@@ -14,11 +14,13 @@ FAISS-alone and Qdrant-alone latencies and HNSW recall come from bench/search_in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +148,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build each size under KEEP/<size> and keep it; a size already built there is reused "
+                             "(the 1M HNSW build takes most of an hour on 2 cores, the measurement a minute)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     pool = sentences()
@@ -158,10 +163,22 @@ def main() -> None:
         queries.append(" ".join(words[lo : lo + k]))
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}", file=sys.stderr)
     for size in (int(s) for s in args.sizes.split(",")):
-        with tempfile.TemporaryDirectory(prefix=f"vidx-bench-{size}-") as tmp:
-            rng = np.random.default_rng(args.seed)
-            built = build(Path(tmp), size, rng, pool)
-            result = {"clips": size, **{k: round(v, 1) for k, v in built.items()}, **measure(Path(tmp), queries)}
+        with contextlib.ExitStack() as stack:
+            if args.keep is None:
+                data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"vidx-bench-{size}-")))
+            else:
+                data = args.keep / str(size)
+            marker = data / "bench-built.json"
+            if marker.is_file():
+                built = json.loads(marker.read_text())
+                print(f"# reusing the {size:,}-clip library in {data}", file=sys.stderr)
+            else:
+                if data.exists():
+                    shutil.rmtree(data)  # a build that did not finish
+                data.mkdir(parents=True)
+                built = build(data, size, np.random.default_rng(args.seed), pool)
+                marker.write_text(json.dumps(built))
+            result = {"clips": size, **{k: round(v, 1) for k, v in built.items()}, **measure(data, queries)}
             result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
             print(json.dumps(result), flush=True)
 
