@@ -23,6 +23,7 @@ class VocabConfig:
     min_clips_per_leaf: int = 6  # depth is capped so a full tree has at least this many clips per leaf
     depth: int | None = None  # force a depth (1..max_depth) instead of choosing it from n
     niter: int = 20  # k-means iterations per node
+    nredo: int = 3  # k-means restarts per node, best kept: faiss seeds randomly (no k-means++), so one run can merge clusters
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -34,8 +35,8 @@ class VocabConfig:
             raise ValueError(f"min_clips_per_leaf must be >= 1, got {self.min_clips_per_leaf}")
         if self.depth is not None and not 1 <= self.depth <= self.max_depth:
             raise ValueError(f"depth must be None or in 1..{self.max_depth}, got {self.depth}")
-        if self.niter < 1:
-            raise ValueError(f"niter must be >= 1, got {self.niter}")
+        if self.niter < 1 or self.nredo < 1:
+            raise ValueError(f"niter and nredo must be >= 1, got {self.niter}, {self.nredo}")
 
 
 def choose_depth(n_clips: int, branching: int = 12, max_depth: int = 4, min_per_leaf: int = 6) -> int:
@@ -60,14 +61,37 @@ def normalize_features(features: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def _kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
-    """k centroids of x (float32 [k, D]) with faiss; x has at least k distinct rows."""
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next seed drawn with probability proportional to its squared distance."""
+    centers = [int(rng.integers(len(x)))]
+    d2 = ((x - x[centers[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = float(d2.sum())
+        nxt = int(rng.choice(len(x), p=d2 / total)) if total > 0 else int(rng.integers(len(x)))
+        centers.append(nxt)
+        d2 = np.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
+    return np.ascontiguousarray(x[centers], dtype=np.float32)
+
+
+def _kmeans(x: np.ndarray, k: int, niter: int, nredo: int, seed: int) -> np.ndarray:
+    """k centroids of x (float32 [k, D]): the best of nredo k-means++-seeded faiss runs; x has >= k distinct rows."""
     import faiss  # imported on use: faiss loads OpenMP and BLAS, which a search-only process may never need
 
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, spherical=False,
-                      min_points_per_centroid=1, max_points_per_centroid=256)
-    km.train(x)
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    # Seeding is O(n k D): a sample is plenty, and faiss subsamples to 256 points per centroid anyway.
+    sample = x[rng.choice(len(x), 256 * k, replace=False)] if len(x) > 256 * k else x
+    best: np.ndarray | None = None
+    best_obj = float("inf")
+    for r in range(nredo):
+        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed + r, verbose=False, spherical=False,
+                          min_points_per_centroid=1, max_points_per_centroid=256)
+        km.train(x, init_centroids=_kmeans_pp(sample, k, rng))
+        obj = float(km.obj[-1]) if len(km.obj) else 0.0
+        if obj < best_obj:
+            best, best_obj = np.ascontiguousarray(km.centroids, dtype=np.float32), obj
+    if best is None:
+        raise RuntimeError(f"k-means produced no centroids (k={k}, n={len(x)})")
+    return best
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -127,13 +151,14 @@ class VisualVocab:
             if level >= depth or len(rows) < 2:
                 continue
             sub = x[rows]
-            distinct = len(np.unique(sub, axis=0)) if len(rows) <= 4 * config.branching else len(rows)
+            # Byte-wise distinct rows: k-means cannot make more distinct centroids than there are points.
+            distinct = len(np.unique(sub.view(np.dtype((np.void, sub.dtype.itemsize * dim))).ravel()))
             k = min(config.branching, distinct)
             if k < 2:
                 continue  # all points the same: nothing to split, this node is a leaf
             # A node-specific seed keeps each split reproducible regardless of the order nodes are visited in.
             seed = (config.seed * 1_000_003 + level * 7919 + prefix) % (2**31 - 1)
-            cents = _kmeans(sub, k, config.niter, seed)
+            cents = _kmeans(sub, k, config.niter, config.nredo, seed)
             levels.append(level)
             prefixes.append(prefix)
             starts.append(offset)
