@@ -1,4 +1,4 @@
-"""Runs the ingestion stages for one file: claim, probe, analyse (video and speech overlapped), write."""
+"""The ingestion stages of one file (probe, analyse, embed, write) and the embedded schedule that runs them in-process."""
 
 from __future__ import annotations
 
@@ -15,18 +15,20 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from indexer.clips import make_clips
 from indexer.decode import VideoDecoder
 from indexer.features import FrameEncoder, pool_clips
+from indexer.jobs import STAGES, TERMINAL, StageStart, begin_stage, create_jobs, end_stage, finish_job, heartbeat, release, worker_id
 from indexer.probe import ProbeResult, probe
 from indexer.thumbnails import ThumbnailCollector
 from indexer.transcribe import Segment, TranscribeOptions, Transcript, iter_segments
-from indexer.write import Analysis, write_analysis
+from indexer.write import Analysis, ClaimLostError, write_analysis
 
 if TYPE_CHECKING:
     from indexer.sync import Embedder
-from store.catalog import Catalog, Job, JobState, Media, MediaStatus, utcnow
+from store.catalog import Catalog, Job, Media, MediaStatus
 from store.features import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -246,6 +248,48 @@ def analyse(
     )
 
 
+@dataclass
+class Probed:
+    """The probe stage's output: the claimed media row, the file's content hash and its streams."""
+
+    media_id: int
+    path: str
+    content_hash: str
+    info: ProbeResult
+
+
+@dataclass
+class Work:
+    """What one job's stages have produced so far; the queue keeps it in the staging area between tasks."""
+
+    probed: Probed
+    analysis: Analysis | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StageEnv:
+    """What the stages need besides the job: plain objects, built once per process by the caller."""
+
+    catalog: Catalog
+    store: FeatureStore
+    options: IngestOptions
+    embedder: Embedder | None = None
+
+
+@dataclass
+class StepResult:
+    """One stage's end: ``next`` says whether the job goes on (with ``work``) or ``result`` ended it."""
+
+    start: StageStart
+    work: Work | None = None
+    result: IngestResult | None = None
+
+    @property
+    def goes_on(self) -> bool:
+        return self.start in ("run", "done") and self.result is None
+
+
 def _embed(embedder: Embedder, analysis: Analysis) -> dict[str, np.ndarray]:
     from indexer.sync import embedding_arrays
 
@@ -259,10 +303,250 @@ def _embed(embedder: Embedder, analysis: Analysis) -> dict[str, np.ndarray]:
     return embedding_arrays(emb)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """A user-facing one-line reason: the message of a ValueError, else the type and message."""
     text = str(error).strip().splitlines()
     message = text[0] if text else ""
     return message if isinstance(error, ValueError) else f"{type(error).__name__}: {message}"
+
+
+def _terminal(job_id: int, path: str, status: Status, media: Media | None, reason: str) -> IngestResult:
+    result = IngestResult(path=path, status=status, job_id=job_id, reason=reason)
+    if media is not None:
+        result.media_id, result.duration = media.id, media.duration
+        result.clips, result.segments = media.clip_count, media.segment_count
+    return result
+
+
+def probe_stage(env: StageEnv, job_id: int, report: ProgressFn, timings: dict[str, float]) -> Work | IngestResult:
+    """Hash the job's file, skip what is already indexed or being indexed, claim the media row, probe.
+
+    Returns the work for the next stage, or an ``IngestResult`` that ends the job (skipped,
+    moved, duplicate). Raises ``ValueError`` for a file that cannot be indexed.
+    """
+    catalog = env.catalog
+    with catalog.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or not job.path:
+            raise ValueError(f"no job {job_id} with a path in the catalog")
+        path = Path(job.path)
+    if not path.exists():
+        raise ValueError(f"no such file: {path}")
+    if path.is_dir():
+        raise ValueError(f"expected a media file, got a directory: {path}")
+    stat = path.stat()
+    with catalog.session() as session:
+        media = session.scalar(select(Media).where(Media.path == str(path)))
+        if (
+            media is not None
+            and media.status == MediaStatus.INDEXED
+            and media.size_bytes == stat.st_size
+            and media.mtime_ns == stat.st_mtime_ns
+        ):
+            return _terminal(job_id, str(path), "skipped", media, "already indexed")
+
+    report("hash", 0.0, force=True)  # type: ignore[call-arg]
+    t0 = time.perf_counter()
+    digest = content_hash(path)
+    timings["hash"] = time.perf_counter() - t0
+
+    for attempt in range(2):
+        try:
+            claimed = _claim(catalog, job_id, path, stat, digest)
+            break
+        except IntegrityError:
+            # Another job inserted the media row for this path between our read and our insert.
+            if attempt:
+                raise
+    if isinstance(claimed, IngestResult):
+        return claimed
+    media_id = claimed
+
+    report("probe", 0.0, force=True)  # type: ignore[call-arg]
+    t0 = time.perf_counter()
+    info = probe(path)
+    timings["probe"] = time.perf_counter() - t0
+    return Work(probed=Probed(media_id=media_id, path=str(path), content_hash=digest, info=info), timings=timings)
+
+
+def _claim(catalog: Catalog, job_id: int, path: Path, stat: os.stat_result, digest: str) -> int | IngestResult:
+    with catalog.session() as session:
+        # The row lock makes two jobs for one path take turns here: the second sees the first's claim.
+        media = session.scalar(select(Media).where(Media.path == str(path)).with_for_update())
+        if media is not None and media.status == MediaStatus.INDEXED and media.content_hash == digest:
+            media.mtime_ns, media.size_bytes = stat.st_mtime_ns, stat.st_size
+            return _terminal(job_id, str(path), "skipped", media, "already indexed (unchanged content)")
+        if media is not None and media.claimed_by not in (None, job_id):
+            other = session.get(Job, media.claimed_by)
+            if other is not None and other.state not in TERMINAL:
+                # Its messages are durable and acknowledged late, so it will finish: one copy only.
+                return _terminal(job_id, str(path), "duplicate", None, f"same file is being indexed by job {other.id}")
+        twin = session.scalar(
+            select(Media).where(Media.content_hash == digest, Media.status == MediaStatus.INDEXED, Media.path != str(path))
+        )
+        if twin is not None:
+            if Path(twin.path).exists():
+                return _terminal(job_id, str(path), "duplicate", twin, f"same content as {twin.path}")
+            # The indexed file is gone and its content is here: a move, not new work.
+            if media is not None:
+                session.delete(media)
+                session.flush()
+            old = twin.path
+            twin.path, twin.mtime_ns, twin.size_bytes = str(path), stat.st_mtime_ns, stat.st_size
+            session.get(Job, job_id).media_id = twin.id  # type: ignore[union-attr]
+            return _terminal(job_id, str(path), "skipped", twin, f"moved from {old}")
+        if media is None:
+            media = Media(path=str(path))
+            session.add(media)
+        media.status = MediaStatus.PROCESSING
+        media.error = None
+        media.claimed_by = job_id
+        media.size_bytes, media.mtime_ns = stat.st_size, stat.st_mtime_ns
+        session.flush()
+        session.get(Job, job_id).media_id = media.id  # type: ignore[union-attr]
+        return media.id
+
+
+def analyse_stage(env: StageEnv, work: Work, report: ProgressFn) -> Work:
+    """Decode and featurise the video while transcribing the audio (one process, two threads)."""
+    p = work.probed
+    t0 = time.perf_counter()
+    work.analysis = analyse(Path(p.path), p.info, p.content_hash, env.options, report, work.timings)
+    work.timings["analyse"] = time.perf_counter() - t0
+    return work
+
+
+def embed_stage(env: StageEnv, work: Work, report: ProgressFn) -> Work:
+    """Speech and visual vectors per clip, kept with the features so the index sync only copies them."""
+    if env.embedder is None or work.analysis is None:
+        return work
+    report("embed", 1.0, force=True)  # type: ignore[call-arg]
+    t0 = time.perf_counter()
+    work.analysis.extra_arrays.update(_embed(env.embedder, work.analysis))
+    work.timings["embed"] = time.perf_counter() - t0
+    return work
+
+
+def write_stage(env: StageEnv, job_id: int, work: Work, report: ProgressFn) -> IngestResult:
+    """Feature files, then one catalog transaction; only the job that holds the media claim may write."""
+    if work.analysis is None:
+        raise ValueError(f"job {job_id} reached the write stage without an analysis")
+    report("write", 1.0, force=True)  # type: ignore[call-arg]
+    t0 = time.perf_counter()
+    written = write_analysis(env.catalog, env.store, work.probed.media_id, work.analysis, job_id=job_id)
+    work.timings["write"] = time.perf_counter() - t0
+    return IngestResult(
+        path=work.probed.path, status="indexed", media_id=written.media_id, job_id=job_id,
+        duration=work.probed.info.duration, clips=written.clip_count, segments=written.segment_count,
+        timings=work.timings,
+    )
+
+
+def run_stage(
+    env: StageEnv,
+    job_id: int,
+    stage: str,
+    owner: str,
+    load: Callable[[], Work | None],
+    *,
+    keep: Callable[[Work], None] | None = None,
+    progress: ProgressFn | None = None,
+    heartbeat_timeout: float = 60.0,
+    max_attempts: int = 3,
+    retrying: bool = False,
+    transient: tuple[type[BaseException], ...] = (),
+) -> StepResult:
+    """Run one stage of one job with its bookkeeping: the one code path both schedules share.
+
+    ``load`` gives the previous stages' work (called only if the stage runs); ``keep`` stores
+    this stage's work before the checkpoint is recorded, so a redelivered job resumes after it.
+    Errors of the ``transient`` types are re-raised for the caller to retry; any other error
+    fails the job with a one-line reason (a corrupt file fails once).
+    """
+    catalog = env.catalog
+    start = begin_stage(
+        catalog, job_id, stage, owner, heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts, retrying=retrying
+    )
+    if start != "run":
+        return StepResult(start=start)
+    reporter = _JobReporter(catalog, job_id, progress)
+    path = ""
+    try:
+        with heartbeat(catalog, job_id, owner, interval=max(heartbeat_timeout / 4, 0.5)):
+            work = load() if stage != "probe" else None
+            if stage != "probe" and work is None:
+                raise RuntimeError(f"the staged work of job {job_id} is missing (is the data directory shared by all workers?)")
+            if work is not None:
+                path = work.probed.path
+            if stage == "probe":
+                out: Work | IngestResult = probe_stage(env, job_id, reporter, {})
+            elif stage == "analyse":
+                out = analyse_stage(env, work, reporter)  # type: ignore[arg-type]
+            elif stage == "embed":
+                out = embed_stage(env, work, reporter)  # type: ignore[arg-type]
+            else:
+                out = write_stage(env, job_id, work, reporter)  # type: ignore[arg-type]
+            if isinstance(out, Work) and keep is not None:
+                keep(out)
+    except ClaimLostError as e:
+        result = IngestResult(path=path, status="duplicate", job_id=job_id, reason=str(e))
+        finish_job(catalog, job_id, "duplicate", result.reason)
+        return StepResult(start="run", result=result)
+    except transient:
+        release(catalog, job_id, owner)
+        raise
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+        result = IngestResult(path=path, status="failed", job_id=job_id, reason=one_line(e))
+        if not isinstance(e, ValueError):
+            logger.debug("stage %s of job %s failed", stage, job_id, exc_info=True)
+        finish_job(catalog, job_id, "failed", result.reason)
+        with catalog.session() as session:
+            job = session.get(Job, job_id)
+            result.path, result.media_id = (job.path or path, job.media_id) if job is not None else (path, None)
+        return StepResult(start="run", result=result)
+    if isinstance(out, IngestResult):
+        finish_job(catalog, job_id, out.status, out.reason)
+        return StepResult(start="run", result=out)
+    if stage == STAGES[-1]:  # pragma: no cover - the write stage always returns a result
+        raise RuntimeError("the write stage returned no result")
+    if not end_stage(catalog, job_id, stage, owner):
+        # Someone took the job over while we worked (our heartbeat looked dead): theirs wins.
+        return StepResult(start="busy")
+    return StepResult(start="run", work=out)
+
+
+def run_job(
+    env: StageEnv, job_id: int, *, progress: ProgressFn | None = None, owner: str | None = None
+) -> IngestResult:
+    """All stages of one job in this process, the work kept in memory: the embedded schedule."""
+    owner = owner or worker_id()
+    work: Work | None = None
+    for stage in STAGES:
+        step = run_stage(env, job_id, stage, owner, lambda: work, progress=progress)
+        if step.result is not None:
+            return step.result
+        if step.start != "run" or step.work is None:
+            # Another process owns or finished this job (it was queued as well): report what it says.
+            return job_result(env.catalog, job_id)
+        work = step.work
+    raise RuntimeError(f"job {job_id} ran every stage without a result")  # pragma: no cover
+
+
+def job_result(catalog: Catalog, job_id: int) -> IngestResult:
+    """An ``IngestResult`` read back from a job row and its media."""
+    with catalog.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise ValueError(f"no job {job_id}")
+        status: Status = (job.outcome or {"done": "indexed"}.get(job.state, "failed")) if job.state in TERMINAL else "failed"  # type: ignore[assignment]
+        result = IngestResult(path=job.path or "", status=status, media_id=job.media_id, job_id=job.id,
+                              reason=job.error or job.detail)
+        if job.state not in TERMINAL:
+            result.reason = f"still {job.state} ({job.stage or 'queued'})"
+        media = session.get(Media, job.media_id) if job.media_id is not None else None
+        if media is not None:
+            result.duration, result.clips, result.segments = media.duration, media.clip_count, media.segment_count
+        return result
 
 
 def ingest_file(
@@ -272,127 +556,13 @@ def ingest_file(
     options: IngestOptions,
     progress: ProgressFn | None = None,
     embedder: Embedder | None = None,
+    *,
+    batch: str | None = None,
 ) -> IngestResult:
-    """Index one file; never raises for bad input: the result says failed and why.
+    """Index one file in this process; never raises for bad input: the result says failed and why.
 
     With an ``embedder`` the clips' speech and visual vectors are computed now and stored with
     the features, so the index sync only has to copy them.
     """
-    shown = str(path)
-    path = Path(os.path.abspath(path))
-    with catalog.session() as session:
-        job = Job(kind="ingest", path=str(path), state=JobState.RUNNING, stage="probe", started_at=utcnow(), attempts=1)
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    reporter = _JobReporter(catalog, job_id, progress)
-    result = IngestResult(path=str(path), status="failed", job_id=job_id)
-    timings = result.timings
-    media_id: int | None = None
-    try:
-        if not path.exists():
-            raise ValueError(f"no such file: {shown}")
-        if path.is_dir():
-            raise ValueError(f"expected a media file, got a directory: {shown}")
-        stat = path.stat()
-        with catalog.session() as session:
-            media = session.scalar(select(Media).where(Media.path == str(path)))
-            if (
-                media is not None
-                and media.status == MediaStatus.INDEXED
-                and media.size_bytes == stat.st_size
-                and media.mtime_ns == stat.st_mtime_ns
-            ):
-                result.status, result.media_id, result.reason = "skipped", media.id, "already indexed"
-                result.duration, result.clips, result.segments = media.duration, media.clip_count, media.segment_count
-                return result
-
-        reporter("hash", 0.0, force=True)
-        t0 = time.perf_counter()
-        digest = content_hash(path)
-        timings["hash"] = time.perf_counter() - t0
-
-        with catalog.session() as session:
-            media = session.scalar(select(Media).where(Media.path == str(path)))
-            if media is not None and media.status == MediaStatus.INDEXED and media.content_hash == digest:
-                media.mtime_ns, media.size_bytes = stat.st_mtime_ns, stat.st_size
-                result.status, result.media_id, result.reason = "skipped", media.id, "already indexed (unchanged content)"
-                result.duration, result.clips, result.segments = media.duration, media.clip_count, media.segment_count
-                return result
-            twin = session.scalar(
-                select(Media).where(
-                    Media.content_hash == digest, Media.status == MediaStatus.INDEXED, Media.path != str(path)
-                )
-            )
-            if twin is not None:
-                if Path(twin.path).exists():
-                    result.status, result.media_id = "duplicate", twin.id
-                    result.reason = f"same content as {twin.path}"
-                    return result
-                # The indexed file is gone and its content is here: a move, not new work.
-                if media is not None:
-                    session.delete(media)
-                    session.flush()
-                old = twin.path
-                twin.path, twin.mtime_ns, twin.size_bytes = str(path), stat.st_mtime_ns, stat.st_size
-                result.status, result.media_id, result.reason = "skipped", twin.id, f"moved from {old}"
-                return result
-            if media is None:
-                media = Media(path=str(path))
-                session.add(media)
-            media.status = MediaStatus.PROCESSING
-            media.error = None
-            media.size_bytes, media.mtime_ns = stat.st_size, stat.st_mtime_ns
-            session.flush()
-            media_id = media.id
-            session.get(Job, job_id).media_id = media_id  # type: ignore[union-attr]
-        result.media_id = media_id
-
-        reporter("probe", 0.0, force=True)
-        t0 = time.perf_counter()
-        info = probe(path)
-        timings["probe"] = time.perf_counter() - t0
-        result.duration = info.duration
-
-        t0 = time.perf_counter()
-        analysis = analyse(path, info, digest, options, reporter, timings)
-        timings["analyse"] = time.perf_counter() - t0
-
-        if embedder is not None:
-            reporter("embed", 1.0, force=True)
-            t0 = time.perf_counter()
-            analysis.extra_arrays.update(_embed(embedder, analysis))
-            timings["embed"] = time.perf_counter() - t0
-
-        reporter("write", 1.0, force=True)
-        t0 = time.perf_counter()
-        written = write_analysis(catalog, store, media_id, analysis)
-        timings["write"] = time.perf_counter() - t0
-        result.status, result.clips, result.segments = "indexed", written.clip_count, written.segment_count
-        return result
-    except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-        result.status = "failed"
-        result.reason = _one_line(e)
-        if not isinstance(e, ValueError):
-            logger.debug("ingest of %s failed", path, exc_info=True)
-        if media_id is not None:
-            with catalog.session() as session:
-                media = session.get(Media, media_id)
-                if media is not None:
-                    media.status = MediaStatus.FAILED
-                    media.error = result.reason
-        return result
-    finally:
-        with catalog.session() as session:
-            job = session.get(Job, job_id)
-            if job is not None:
-                job.state = {
-                    "indexed": JobState.DONE,
-                    "failed": JobState.FAILED,
-                    "skipped": JobState.SKIPPED,
-                    "duplicate": JobState.SKIPPED,
-                }[result.status]
-                job.error = result.reason if result.status == "failed" else None
-                job.stage = "done" if result.status != "failed" else job.stage
-                job.progress = 1.0 if result.status != "failed" else job.progress
-                job.finished_at = utcnow()
+    job_id = create_jobs(catalog, [path], batch=batch)[0]
+    return run_job(StageEnv(catalog, store, options, embedder), job_id, progress=progress)

@@ -37,6 +37,10 @@ class Analysis:
     extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+class ClaimLostError(RuntimeError):
+    """Another job claimed the media row since this one did; its write wins, ours is dropped."""
+
+
 @dataclass(frozen=True)
 class WriteResult:
     media_id: int
@@ -44,12 +48,16 @@ class WriteResult:
     segment_count: int
 
 
-def write_analysis(catalog: Catalog, store: FeatureStore, media_id: int, analysis: Analysis) -> WriteResult:
+def write_analysis(
+    catalog: Catalog, store: FeatureStore, media_id: int, analysis: Analysis, *, job_id: int | None = None
+) -> WriteResult:
     """Store ``analysis`` for media ``media_id``; a crash at any point leaves the old state or the new one.
 
     Feature files go first (an atomic directory swap keyed by content hash); then one
     transaction replaces the clip and segment rows and flips the media row to ``indexed``.
     Readers only trust rows of indexed media, so nothing half-written is ever visible.
+    With ``job_id``, the write happens only if that job still holds the media row's claim
+    (``ClaimLostError`` otherwise), so two jobs racing on one file leave one copy.
     """
     arrays: dict[str, np.ndarray] = {
         "clip_times": np.asarray([[c.start, c.end] for c in analysis.clips], dtype=np.float32).reshape(-1, 2),
@@ -76,6 +84,8 @@ def write_analysis(catalog: Catalog, store: FeatureStore, media_id: int, analysi
         media = session.get(Media, media_id, with_for_update=True)
         if media is None:
             raise ValueError(f"expected media id {media_id} in the catalog")
+        if job_id is not None and media.claimed_by != job_id:
+            raise ClaimLostError(f"job {media.claimed_by} took over this file; its copy is kept")
         old_hash = media.content_hash
         session.execute(delete(ClipRow).where(ClipRow.media_id == media_id))
         session.execute(delete(TranscriptSegment).where(TranscriptSegment.media_id == media_id))
@@ -128,6 +138,7 @@ def write_analysis(catalog: Catalog, store: FeatureStore, media_id: int, analysi
         media.feature_version = FEATURE_VERSION
         media.status = MediaStatus.INDEXED
         media.error = None
+        media.claimed_by = None
         media.indexed_at = utcnow()
         still_used = 0
         if old_hash and old_hash != analysis.content_hash:

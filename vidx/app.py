@@ -17,6 +17,7 @@ from vidx.settings import Settings
 
 if TYPE_CHECKING:
     from indexer.sync import Embedder, SyncReport
+    from indexer.tasks import QueueConfig
     from search.engine import SearchEngine, SearchOptions
     from store.vectors import VectorIndex
 
@@ -88,6 +89,35 @@ class App:
                 cpu_threads=s.threads,
             ),
             cache_dir=s.resolved_cache_dir(),
+        )
+
+    def queue_config(self) -> QueueConfig:
+        """The distributed mode's plain configuration (broker, catalog, data dir, options)."""
+        from indexer.sync import EmbedOptions
+        from indexer.tasks import QueueConfig
+
+        s = self.settings
+        if not s.broker_url:
+            raise ValueError("no broker configured: set VIDX_BROKER_URL (redis://... or amqp://...)")
+        return QueueConfig(
+            broker_url=s.broker_url,
+            database_url=s.resolved_database_url(),
+            data_dir=self.data_dir,
+            ingest=self.ingest_options(),
+            embed=EmbedOptions(
+                context_seconds=s.context_seconds, concept_top_k=s.concept_top_k,
+                cache_dir=s.resolved_cache_dir(), threads=s.threads,
+            ),
+            vector_backend=s.vector_backend,
+            qdrant_url=s.qdrant_url,
+            qdrant_api_key=s.qdrant_api_key,
+            prefix=s.queue_prefix,
+            visibility_timeout=s.queue_visibility_timeout,
+            heartbeat_timeout=s.queue_heartbeat_timeout,
+            max_retries=s.queue_max_retries,
+            max_attempts=s.queue_max_attempts,
+            max_memory_per_child_mb=s.worker_max_memory_mb,
+            max_tasks_per_child=s.worker_max_tasks_per_child,
         )
 
     def sync(self, *, full: bool = False, progress=None) -> SyncReport:  # type: ignore[no-untyped-def]

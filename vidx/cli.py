@@ -1,4 +1,4 @@
-"""The `vidx` command line: ingest, ls, show, search, reindex, eval."""
+"""The `vidx` command line: ingest, worker, jobs, ls, show, search, reindex, eval."""
 
 from __future__ import annotations
 
@@ -83,9 +83,14 @@ def _ingest_files(vapp: App, files: list[Path], *, as_json: bool, quiet: bool = 
     """Ingest ``files`` with progress bars, then sync the search index; returns counts per status."""
     from indexer.pipeline import ingest_file
 
+    import uuid
+
     vapp.store.sweep()
     options = vapp.ingest_options()
+    batch = str(uuid.uuid4())
     counts: dict[str, int] = {}
+    failed: list[tuple[str, str]] = []
+    duplicates: list[tuple[str, str]] = []
     with _progress(disable=(as_json or quiet) and not sys.stderr.isatty()) as progress:
         overall = progress.add_task(f"[bold]{len(files)} files", total=len(files))
         for file in files:
@@ -94,8 +99,10 @@ def _ingest_files(vapp: App, files: list[Path], *, as_json: bool, quiet: bool = 
             def on_progress(stage: str, fraction: float, task: Any = task, name: str = file.name[:32]) -> None:
                 progress.update(task, completed=fraction, description=f"  {escape(name)} [dim]{stage}[/dim]")
 
-            result = ingest_file(file, vapp.catalog, vapp.store, options, on_progress, embedder=vapp.embedder)
+            result = ingest_file(file, vapp.catalog, vapp.store, options, on_progress, embedder=vapp.embedder, batch=batch)
             counts[result.status] = counts.get(result.status, 0) + 1
+            if result.status in ("failed", "duplicate"):
+                (failed if result.status == "failed" else duplicates).append((str(file), result.reason or ""))
             progress.remove_task(task)
             progress.advance(overall)
             mark = {"indexed": "[green]indexed[/green]", "skipped": "[dim]skipped[/dim]",
@@ -116,29 +123,247 @@ def _ingest_files(vapp: App, files: list[Path], *, as_json: bool, quiet: bool = 
     for media_id, error in report.errors.items():
         console.print(f"[yellow]index sync skipped media {media_id}:[/yellow] {escape(error)}")
     if not quiet:
-        console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        _print_summary(len(files), counts, failed, duplicates)
     return counts
+
+
+def _print_summary(total: int, counts: dict[str, int], failed: list[tuple[str, str]], duplicates: list[tuple[str, str]]) -> None:
+    """The batch summary: counts per outcome, then each failed file and each duplicate with its reason."""
+    order = ("indexed", "skipped", "duplicate", "failed")
+    parts = [f"{counts[k]} {k}" for k in order if counts.get(k)] + [f"{n} {k}" for k, n in sorted(counts.items()) if k not in order]
+    console.print(f"[bold]batch of {total}:[/bold] " + (", ".join(parts) or "nothing done"))
+    for label, rows, colour in (("failed", failed, "red"), ("duplicate", duplicates, "yellow")):
+        for path, reason in rows[:50]:
+            console.print(f"  [{colour}]{label}[/{colour}] {escape(path)}: {escape(reason)}")
+        if len(rows) > 50:
+            console.print(f"  ... and {len(rows) - 50} more {label} (see `vidx jobs --state failed`)")
+
+
+def _read_path_list(list_file: Path) -> list[Path]:
+    """Paths from a text file (or `-` for stdin): one a line; blank lines and `#` comments skipped."""
+    try:
+        lines = sys.stdin.read().splitlines() if str(list_file) == "-" else list_file.read_text().splitlines()
+    except OSError as e:
+        console.print(f"[red]error:[/red] cannot read {escape(str(list_file))}: {escape(e.strerror or str(e))}")
+        raise typer.Exit(2) from e
+    return [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Media files or folders (searched recursively).")],
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Media files or folders (searched recursively).")] = None,
     data_dir: DataDir = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file (per job with --queue).")] = False,
+    queue: Annotated[bool, typer.Option("--queue", help="Enqueue for `vidx worker`s ($VIDX_BROKER_URL) and return at once.")] = False,
+    from_file: Annotated[Optional[Path], typer.Option("--from-file", help="Also ingest the paths listed in this text file (one a line; - for stdin).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="With --queue: wait for the batch, with a progress bar and its summary.")] = False,
 ) -> None:
     """Index media files into the catalog and the search index; exit 1 if any file failed."""
     from indexer.pipeline import expand_paths
 
     _setup_logging(verbose)
     vapp = App(_settings(data_dir))
-    files = list(expand_paths(paths))
+    given = list(paths or []) + (_read_path_list(from_file) if from_file is not None else [])
+    if not given:
+        console.print("[red]error:[/red] give media files or folders, or --from-file LIST")
+        raise typer.Exit(2)
+    files = list(expand_paths(given))
     if not files:
         console.print("[red]error:[/red] no media files found in the given paths")
         raise typer.Exit(1)
+    if queue:
+        batch, job_ids = _enqueue_files(vapp, files, as_json=as_json)
+        if wait:
+            raise typer.Exit(_wait_batch(vapp, batch=batch, ids=None, timeout=None))
+        return
     counts = _ingest_files(vapp, files, as_json=as_json)
     if counts.get("failed"):
         raise typer.Exit(1)
+
+
+def _queue_app(vapp: App):  # type: ignore[no-untyped-def]
+    from indexer.tasks import create_app
+
+    try:
+        return create_app(vapp.queue_config())
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+
+
+def _enqueue_files(vapp: App, files: list[Path], *, as_json: bool) -> tuple[str, list[int]]:
+    """Create one queued job per file in one batch and publish them; print the job ids."""
+    import uuid
+
+    from indexer.jobs import create_jobs, finish_job
+    from indexer.tasks import enqueue
+
+    capp = _queue_app(vapp)
+    batch = str(uuid.uuid4())
+    job_ids = create_jobs(vapp.catalog, files, batch=batch)
+    try:
+        enqueue(capp, job_ids)
+    except Exception as e:  # kombu's OperationalError and friends: the broker is unreachable
+        reason = f"not queued: broker unreachable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        for job_id in job_ids:
+            finish_job(vapp.catalog, job_id, "failed", reason)
+        console.print(f"[red]error:[/red] {escape(reason)}; the {len(job_ids)} jobs were marked failed (`vidx jobs retry ID` later)")
+        raise typer.Exit(1) from e
+    for job_id, file in zip(job_ids, files):
+        if as_json:
+            typer.echo(json.dumps({"job_id": job_id, "path": os.path.abspath(file), "batch": batch}))
+        else:
+            typer.echo(f"{job_id}\t{os.path.abspath(file)}")
+    console.print(f"queued {len(job_ids)} jobs, batch {batch} (watch: `vidx jobs --wait --batch {batch}`)")
+    return batch, job_ids
+
+
+def _wait_batch(vapp: App, *, batch: str | None, ids: list[int] | None, timeout: float | None) -> int:
+    """Progress bar over a batch's jobs until all ended; then its summary. Returns the exit code."""
+    import time
+
+    from indexer.jobs import summarise
+    from indexer.sync import EMBEDDING_VERSION
+    from indexer.tasks import stale_media
+
+    version = str(getattr(vapp.embedder, "version", EMBEDDING_VERSION))
+    started = time.monotonic()
+    with _progress() as progress:
+        summary = summarise(vapp.catalog, batch=batch, ids=ids)
+        bar = progress.add_task(f"[bold]{summary.total} jobs", total=max(summary.total, 1))
+        while True:
+            summary = summarise(vapp.catalog, batch=batch, ids=ids)
+            done = summary.total - summary.pending
+            progress.update(bar, completed=summary.progress * max(summary.total, 1),
+                            description=f"[bold]{done}/{summary.total} jobs[/bold] [dim]{summary.pending} pending[/dim]")
+            if summary.finished:
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                progress.stop()
+                console.print(f"[yellow]timed out[/yellow] with {summary.pending} of {summary.total} jobs still pending")
+                return 2
+            time.sleep(1.0)
+        # The workers' index sync follows each write within seconds; wait a little for it.
+        if summary.counts.get("indexed"):
+            deadline = time.monotonic() + 60
+            while stale_media(vapp.catalog, version) and time.monotonic() < deadline:
+                time.sleep(1.0)
+    _print_summary(summary.total, summary.counts, summary.failed, summary.duplicates)
+    stale = stale_media(vapp.catalog, version)
+    if stale:
+        console.print(f"[yellow]note:[/yellow] {stale} indexed files are not in the search index yet "
+                      "(a worker on the sync queue adds them; `vidx search` does too)")
+    return 1 if summary.counts.get("failed") else 0
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Worker processes (each handles one file at a time).")] = 1,
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma list: ingest, sync (the single-writer index sync), or full queue names.")] = "ingest,sync",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Celery node name (default vidx-PID@HOST).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a Celery worker that drains the ingest queue ($VIDX_BROKER_URL, catalog at $VIDX_DATABASE_URL)."""
+    from indexer.tasks import create_app, run_worker
+
+    settings = _settings(data_dir)
+    if settings.threads == 0:
+        # Each child gets its share of the cores: N processes with all cores each would thrash.
+        settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // concurrency)})
+    vapp = App(settings)
+    try:
+        config = vapp.queue_config()
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    # Migrate once here, then drop the engine: children must not share the parent's connections.
+    vapp.catalog.dispose()
+    vapp.store.sweep()
+    console.print(f"vidx worker: {concurrency} processes on {', '.join(q.strip() for q in queues.split(','))}, "
+                  f"catalog {config.database_url.split('@')[-1]}, data {config.data_dir}")
+    run_worker(create_app(config), concurrency=concurrency, queues=[q.strip() for q in queues.split(",") if q.strip()],
+               loglevel=loglevel.upper(), name=name)
+
+
+jobs_app = typer.Typer(help="Ingest jobs: state, stage, progress, attempts and errors; wait for a batch; retry.")
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.callback(invoke_without_command=True)
+def jobs(
+    ctx: typer.Context,
+    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Only this batch (`latest` for the newest).")] = None,
+    state: Annotated[Optional[str], typer.Option("--state", help="Only jobs in this state: queued, running, done, failed, skipped.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    wait: Annotated[bool, typer.Option("--wait", help="Block with a progress bar until the batch (default: the newest) ended.")] = False,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="With --wait: give up after this many seconds (exit 2).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List jobs (newest first), or --wait for a batch to end; exit 1 if a waited-for job failed."""
+    from indexer.jobs import latest_batch, list_jobs
+
+    if ctx.invoked_subcommand is not None:
+        return
+    vapp = App(_settings(data_dir))
+    if batch == "latest" or (wait and batch is None):
+        batch = latest_batch(vapp.catalog)
+        if batch is None:
+            console.print("no batches yet: run `vidx ingest --queue PATH`")
+            raise typer.Exit(0 if not wait else 1)
+    if wait:
+        raise typer.Exit(_wait_batch(vapp, batch=batch, ids=None, timeout=timeout))
+    rows = list_jobs(vapp.catalog, batch=batch, states=[state] if state else None, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([
+            {"id": j.id, "path": j.path, "state": j.state, "stage": j.stage, "progress": round(j.progress, 3),
+             "attempts": j.attempts, "outcome": j.outcome, "reason": j.reason, "media_id": j.media_id,
+             "batch": j.batch, "worker": j.worker} for j in rows
+        ], indent=2))
+        return
+    if not rows:
+        console.print("no jobs")
+        return
+    table = Table(show_lines=False)
+    for col in ("id", "state", "stage", "progress", "attempts", "path / reason"):
+        table.add_column(col, justify="right" if col in ("id", "progress", "attempts") else "left")
+    colours = {"done": "green", "failed": "red", "running": "cyan", "skipped": "dim"}
+    for j in rows:
+        st = f"[{colours[j.state]}]{j.state}[/{colours[j.state]}]" if j.state in colours else j.state
+        if j.outcome == "duplicate":
+            st += " [yellow](duplicate)[/yellow]"
+        where = escape(j.path or "")
+        if j.reason:
+            where += f"\n[{'red' if j.state == 'failed' else 'dim'}]{escape(j.reason)}[/]"
+        table.add_row(str(j.id), st, j.stage or "-", f"{j.progress * 100:.0f}%", str(j.attempts), where)
+    out.print(table)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_ids: Annotated[list[int], typer.Argument(help="Ids of failed (or stuck) jobs.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Put failed jobs back on the queue (their attempts are kept)."""
+    from indexer.jobs import retry_job
+    from indexer.tasks import enqueue
+
+    vapp = App(_settings(data_dir))
+    capp = _queue_app(vapp)
+    for job_id in job_ids:
+        try:
+            retry_job(vapp.catalog, job_id)
+        except ValueError as e:
+            console.print(f"[red]error:[/red] {escape(str(e))}")
+            raise typer.Exit(1) from e
+    try:
+        enqueue(capp, job_ids)
+    except Exception as e:  # the broker is unreachable: say so, the jobs stay queued for a later retry
+        console.print(f"[red]error:[/red] broker unreachable: {escape(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
+        raise typer.Exit(1) from e
+    console.print(f"requeued {len(job_ids)} jobs: {', '.join(map(str, job_ids))}")
 
 
 def _library_size(vapp: App) -> tuple[int, int]:

@@ -42,6 +42,22 @@ class Settings(BaseSettings):
     search_candidates: int = Field(default=100, ge=10, le=10000)
     search_per_media: int = Field(default=1, ge=1, le=1000)
 
+    # The distributed mode: a Celery broker (redis://... or amqp://...) turns on `ingest --queue` and `worker`.
+    broker_url: str | None = None
+    # Queue names are PREFIX.ingest and PREFIX.sync, so deployments (and tests) can share one broker.
+    queue_prefix: str = Field(default="vidx", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Redis redelivers an unacknowledged task after this long: it must exceed the longest stage
+    # (analysing a multi-hour file), or a second worker starts the same stage while the first still runs.
+    queue_visibility_timeout: int = Field(default=6 * 3600, ge=5)
+    # A job whose worker has not written a heartbeat for this long may be taken over by another worker.
+    queue_heartbeat_timeout: float = Field(default=60.0, ge=1.0)
+    queue_max_retries: int = Field(default=5, ge=0, le=100)
+    # A file that kills its worker this many times (decoder crash, out of memory) fails for good.
+    queue_max_attempts: int = Field(default=3, ge=1, le=100)
+    # Worker children are replaced after this much resident memory or this many tasks (decoder and ASR growth).
+    worker_max_memory_mb: int = Field(default=3072, ge=256)
+    worker_max_tasks_per_child: int = Field(default=200, ge=1)
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

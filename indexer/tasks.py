@@ -1,0 +1,419 @@
+"""The Celery app and tasks: an ingest job's stages as a chain of tasks, and the single-writer index sync."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, or_, select, text
+
+from indexer.jobs import STAGES, begin_stage, end_stage, finish_job, worker_id
+from indexer.pipeline import IngestOptions, StageEnv, Work, one_line, run_stage
+from indexer.sync import EMBEDDING_VERSION, VECTOR_DIMS, EmbedOptions
+from store.catalog import Catalog, Media, MediaStatus
+from store.features import FeatureStore
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+    from indexer.sync import Embedder
+    from store.vectors import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+# Errors that say "not now" rather than "never": the database or a server is unreachable for a
+# while. Everything else a stage raises is about the file and fails the job at once.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+SYNC_TASK = "vidx.sync"
+PING_TASK = "vidx.ping"
+# Any constant will do; it keeps two sync tasks (on any hosts) from writing the index at once.
+_PG_SYNC_LOCK = 7_351_120_412
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Everything a worker or a producer needs, as plain data (built from Settings by `vidx`)."""
+
+    broker_url: str
+    database_url: str
+    data_dir: Path
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    embed: EmbedOptions = field(default_factory=EmbedOptions)
+    vector_backend: str = "faiss"
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    prefix: str = "vidx"
+    visibility_timeout: int = 6 * 3600
+    heartbeat_timeout: float = 60.0
+    max_retries: int = 5
+    max_attempts: int = 3
+    max_memory_per_child_mb: int = 3072
+    max_tasks_per_child: int = 200
+    # The sync waits this long after a write, so files that finish together share one sync.
+    sync_countdown: float = 2.0
+
+    @property
+    def ingest_queue(self) -> str:
+        return f"{self.prefix}.ingest"
+
+    @property
+    def sync_queue(self) -> str:
+        return f"{self.prefix}.sync"
+
+
+class Staging:
+    """One file per job holding its stages' work between tasks, under the shared data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, job_id: int) -> Path:
+        return self.root / f"job-{int(job_id)}.pkl"
+
+    def save(self, job_id: int, work: Work) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(job_id)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
+        # pickle: the data are our own dataclasses and arrays, written and read by vidx only.
+        with tmp.open("wb") as f:
+            pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def load(self, job_id: int) -> Work | None:
+        try:
+            with self.path(job_id).open("rb") as f:
+                return pickle.load(f)  # noqa: S301 - our own staging file
+        except FileNotFoundError:
+            return None
+
+    def drop(self, job_id: int) -> None:
+        self.path(job_id).unlink(missing_ok=True)
+
+
+class _Context:
+    """Per worker process: catalog engine, stores and models, made on first use (after the fork)."""
+
+    def __init__(self, config: QueueConfig) -> None:
+        from indexer.sync import Embedder
+        from store.lexical import LexicalIndex
+
+        self.config = config
+        self.catalog = Catalog(config.database_url)
+        self.store = FeatureStore(config.data_dir / "features")
+        self.staging = Staging(config.data_dir / "staging")
+        self.lexical: LexicalIndex = LexicalIndex(config.data_dir / "index" / "lexical")
+        # Models load lazily inside the Embedder, the backbone and Whisper caches: in this process only.
+        self.embedder: Embedder = Embedder(config.embed)
+        self.env = StageEnv(self.catalog, self.store, config.ingest, self.embedder)
+
+
+_context_cache: dict[int, _Context] = {}
+
+
+def _context(config: QueueConfig) -> _Context:
+    ctx = _context_cache.get(os.getpid())
+    if ctx is None:
+        _context_cache.clear()  # a forked child must not use its parent's engine
+        ctx = _context_cache[os.getpid()] = _Context(config)
+    return ctx
+
+
+def open_vectors(config: QueueConfig) -> VectorIndex:
+    """The search index of this deployment (FAISS or Qdrant in the data dir, or a Qdrant server)."""
+    from store.vectors import open_index
+
+    if config.vector_backend == "qdrant":
+        if config.qdrant_url:
+            return open_index("qdrant", VECTOR_DIMS, url=config.qdrant_url, api_key=config.qdrant_api_key)
+        return open_index("qdrant", VECTOR_DIMS, path=config.data_dir / "index" / "qdrant")
+    return open_index("faiss", VECTOR_DIMS, path=config.data_dir / "index" / "faiss")
+
+
+def _backoff(retries: int) -> float:
+    # 2, 4, 8 ... seconds, at most 5 minutes: a database restart or failover usually fits.
+    return float(min(2 ** (retries + 1), 300))
+
+
+def _next_stage(stage: str) -> str | None:
+    i = STAGES.index(stage)
+    return STAGES[i + 1] if i + 1 < len(STAGES) else None
+
+
+def _stage_task(task: Task, stage: str, job_id: int, transient: int) -> str:
+    from celery.exceptions import Reject
+
+    config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
+    ctx = _context(config)
+    try:
+        step = run_stage(
+            ctx.env,
+            job_id,
+            stage,
+            worker_id(),
+            lambda: ctx.staging.load(job_id),
+            keep=lambda work: ctx.staging.save(job_id, work),
+            heartbeat_timeout=config.heartbeat_timeout,
+            max_attempts=config.max_attempts,
+            retrying=transient > 0,
+            transient=TRANSIENT,
+        )
+    except TRANSIENT as e:
+        if transient >= config.max_retries:
+            logger.error("job %s: giving up on %s after %d retries: %s", job_id, stage, transient, e)
+            finish_job(ctx.catalog, job_id, "failed", f"gave up after {transient} retries: {one_line(e)}")
+            ctx.staging.drop(job_id)
+            return "failed"
+        logger.warning("job %s: %s hit a transient error, retrying: %s", job_id, stage, one_line(e))
+        _retry(task, job_id, transient + 1, _backoff(transient))
+    if step.start == "busy":
+        # Another live worker runs this stage (a redelivery while it works): look again later.
+        _retry(task, job_id, transient, max(config.heartbeat_timeout / 2, 1.0))
+    if step.result is not None or step.start == "finished":
+        ctx.staging.drop(job_id)
+        if step.result is not None and step.result.status == "indexed":
+            _publish(task.app, SYNC_TASK, [], config.sync_queue, countdown=config.sync_countdown, required=False)
+        return step.result.status if step.result is not None else "finished"
+    following = _next_stage(stage)
+    if following is not None:
+        try:
+            _publish(task.app, f"vidx.{following}", [job_id], config.ingest_queue)
+        except Exception as e:  # noqa: BLE001 - any failure to publish: this message must come back
+            # The stage's output is kept and recorded, so the redelivered message only publishes.
+            raise Reject(f"could not enqueue {following} of job {job_id}: {e}", requeue=True) from e
+    return stage
+
+
+def _retry(task: Task, job_id: int, transient: int, countdown: float) -> None:
+    from celery.exceptions import Reject
+
+    try:
+        raise task.retry(kwargs={"job_id": job_id, "transient": transient}, countdown=countdown, max_retries=None)
+    except Reject:
+        raise
+    except Exception as e:
+        from celery.exceptions import Retry
+
+        if isinstance(e, Retry):
+            raise
+        # The broker is unreachable as well: leave this message unacknowledged for redelivery.
+        raise Reject(f"could not schedule a retry of job {job_id}: {e}", requeue=True) from e
+
+
+def _publish(app: Celery, name: str, args: list[Any], queue: str, *, countdown: float | None = None, required: bool = True) -> None:
+    try:
+        app.send_task(name, args=args, queue=queue, countdown=countdown)
+    except Exception:
+        if required:
+            raise
+        # A missed sync is caught by the next one, or by `vidx search`, which syncs a stale index.
+        logger.warning("could not enqueue %s", name, exc_info=True)
+
+
+@contextmanager
+def _sync_lock(catalog: Catalog) -> Iterator[bool]:
+    """A cluster-wide lock on PostgreSQL (advisory, held by one connection); elsewhere the index's own lock."""
+    if catalog.engine.dialect.name != "postgresql":
+        yield True
+        return
+    with catalog.engine.connect() as conn:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_SYNC_LOCK}).scalar())
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_SYNC_LOCK})
+                conn.commit()
+
+
+def stale_media(catalog: Catalog, version: str = EMBEDDING_VERSION) -> int:
+    """Indexed media whose search-index entry (of embedding ``version``) is missing or older than its rows."""
+    with catalog.session() as session:
+        return session.scalar(
+            select(func.count()).select_from(Media).where(
+                Media.status == MediaStatus.INDEXED,
+                or_(
+                    Media.synced_version.is_(None),
+                    Media.synced_version != version,
+                    Media.synced_at.is_(None),
+                    Media.synced_at < Media.indexed_at,
+                ),
+            )
+        ) or 0
+
+
+def _version(embedder: Embedder) -> str:
+    # An embedder with a trained visual model stamps its own version on what it syncs.
+    return str(getattr(embedder, "version", EMBEDDING_VERSION))
+
+
+def _sync_task(task: Task) -> int:
+    from indexer.sync import sync_index
+    from store.vectors import IndexLockedError
+
+    config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
+    ctx = _context(config)
+    if not stale_media(ctx.catalog, _version(ctx.embedder)):
+        return 0
+    try:
+        with _sync_lock(ctx.catalog) as got:
+            if not got:
+                # Another sync runs: it may have read the stale list before our file, so come back.
+                _retry(task, 0, 0, 5.0)
+            with open_vectors(config) as vectors:
+                report = sync_index(ctx.catalog, ctx.store, vectors, ctx.lexical, ctx.embedder)
+    except IndexLockedError:
+        _retry(task, 0, 0, 5.0)
+    except TRANSIENT as e:
+        logger.warning("index sync hit a transient error, retrying: %s", one_line(e))
+        _retry(task, 0, 0, 10.0)
+    for media_id, error in report.errors.items():
+        logger.warning("index sync skipped media %s: %s", media_id, error)
+    return report.upserted_media
+
+
+def _ping_task(task: Task, job_id: int, stage: str) -> str:
+    """A stage that does no work: the queue's own cost per stage (bench/queue.py measures it)."""
+    config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
+    ctx = _context(config)
+    owner = worker_id()
+    if begin_stage(ctx.catalog, job_id, stage, owner) != "run":
+        return "skipped"
+    following = _next_stage(stage)
+    if following is None:
+        finish_job(ctx.catalog, job_id, "skipped", "ping")
+        return "done"
+    end_stage(ctx.catalog, job_id, stage, owner)
+    _publish(task.app, PING_TASK, [job_id, following], config.ingest_queue)
+    return stage
+
+
+def _reset_after_fork(**_: Any) -> None:
+    _context_cache.clear()
+
+
+def create_app(config: QueueConfig) -> Celery:
+    """A Celery app for ``config``: durable queues, late acks, prefetch one, recycled children."""
+    try:
+        from celery import Celery
+        from celery.signals import worker_process_init
+        from kombu import Exchange, Queue
+    except ImportError as e:  # pragma: no cover - celery is a dependency
+        raise RuntimeError("the distributed mode needs celery (pip install celery redis)") from e
+
+    app = Celery("vidx", broker=config.broker_url, set_as_current=False)
+    transport: dict[str, Any] = {}
+    if config.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        transport = {
+            # Redis has no consumer-death detection: an unacknowledged task comes back after this.
+            "visibility_timeout": config.visibility_timeout,
+            "unacked_restore_interval": max(1, min(60, config.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+            # A publish to a vanished broker must fail (and be retried), not hang forever.
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+        }
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        # Acknowledge after the task ran; a worker that dies mid-task gives its message back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=config.max_tasks_per_child,
+        worker_max_memory_per_child=config.max_memory_per_child_mb * 1024,
+        broker_transport_options=transport,
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0},
+        task_default_queue=config.ingest_queue,
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q, durable=True) for q in (config.ingest_queue, config.sync_queue)],
+        task_routes={SYNC_TASK: {"queue": config.sync_queue}},
+        worker_hijack_root_logger=True,
+        worker_redirect_stdouts=False,
+    )
+    app.vidx_config = config  # type: ignore[attr-defined]
+
+    for stage in STAGES:
+
+        def run(self: Task, job_id: int, transient: int = 0, _stage: str = stage) -> str:
+            return _stage_task(self, _stage, job_id, transient)
+
+        app.task(name=f"vidx.{stage}", bind=True, max_retries=None)(run)
+
+    def sync(self: Task, job_id: int = 0, transient: int = 0) -> int:
+        return _sync_task(self)
+
+    app.task(name=SYNC_TASK, bind=True, max_retries=None)(sync)
+
+    def ping(self: Task, job_id: int, stage: str = STAGES[0]) -> str:
+        return _ping_task(self, job_id, stage)
+
+    app.task(name=PING_TASK, bind=True)(ping)
+    worker_process_init.connect(_reset_after_fork, weak=False)
+    return app
+
+
+def enqueue(app: Celery, job_ids: Iterable[int], *, task: str = "vidx.probe") -> int:
+    """Publish the first stage of each job on one connection; raises if the broker is unreachable."""
+    config: QueueConfig = app.vidx_config  # type: ignore[attr-defined]
+    n = 0
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            app.send_task(task, args=[int(job_id)], queue=config.ingest_queue, producer=producer)
+            n += 1
+    return n
+
+
+def run_worker(
+    app: Celery, *, concurrency: int, queues: Sequence[str], loglevel: str = "INFO", name: str | None = None
+) -> None:
+    """Run a Celery worker in this process (prefork children) until it is stopped."""
+    config: QueueConfig = app.vidx_config  # type: ignore[attr-defined]
+    names = {"ingest": config.ingest_queue, "sync": config.sync_queue}
+    resolved = [names.get(q, q) for q in queues]
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(resolved)}",
+        f"--loglevel={loglevel}",
+        f"--hostname={name or f'vidx-{os.getpid()}@%h'}",
+        "--prefetch-multiplier=1",
+        "-O", "fair",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+
+
+def purge(app: Celery) -> int:
+    """Drop every message waiting in this deployment's queues (tests and benchmarks)."""
+    config: QueueConfig = app.vidx_config  # type: ignore[attr-defined]
+    n = 0
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in (config.ingest_queue, config.sync_queue):
+            try:
+                n += channel.queue_purge(queue) or 0
+            except Exception:  # noqa: BLE001 - a queue that was never declared has nothing to drop
+                logger.debug("purge of %s failed", queue, exc_info=True)
+    return n
