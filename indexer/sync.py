@@ -63,10 +63,19 @@ def _words(segments: Sequence[Any]) -> list[tuple[float, float, str]]:
 class Embedder:
     """The text encoder and ImageNet label embeddings, loaded once on first use."""
 
-    def __init__(self, options: EmbedOptions) -> None:
+    def __init__(self, options: EmbedOptions, visual_model: Any = None) -> None:
         self.options = options
+        # A trained visual model (indexer.trained.CbtVisual) replaces the concept-tag visual vectors.
+        self.visual_model = visual_model
         self._encoder = None
         self._labels: np.ndarray | None = None
+
+    @property
+    def version(self) -> str:
+        """The index's embedding version: part of every point id and of media.synced_version."""
+        if self.visual_model is None:
+            return EMBEDDING_VERSION
+        return f"{EMBEDDING_VERSION}+{self.visual_model.version}"
 
     @property
     def encoder(self):  # type: ignore[no-untyped-def]
@@ -172,7 +181,7 @@ def sync_index(
         r.id
         for r in rows
         if full
-        or r.synced_version != EMBEDDING_VERSION
+        or r.synced_version != embedder.version
         or r.synced_at is None
         or (r.indexed_at is not None and _aware(r.synced_at) < _aware(r.indexed_at))
     ]
@@ -213,6 +222,7 @@ def _sync_media(
         ).one()
         key = media.content_hash or ""
         clips = [(c.clip_index, c.start, c.end) for c in media.clips]
+        tokens = {c.clip_index: c.visual_token for c in media.clips if c.visual_token is not None}
         words = _words(media.segments)
         indexed_at = media.indexed_at
     if not key or not store.exists(key):
@@ -222,33 +232,36 @@ def _sync_media(
         probs = store.load(key, "probs") if store.has(key, "probs") else None
         emb = embedder.embed([(s, e) for _, s, e in clips], words, probs)
         save_embeddings(store, key, emb)
+    visual, has_visual = emb.visual, emb.has_visual
+    if embedder.visual_model is not None:
+        trained = embedder.visual_model.vectors(store, key)
+        if trained is not None and len(trained) == len(clips):
+            visual, has_visual = trained, np.ones(len(trained), bool)
+    version = embedder.version
     points = []
     for row, (index, start, end) in enumerate(clips):
         vecs: dict[str, np.ndarray] = {}
         if emb.has_speech[row]:
             vecs["speech"] = emb.speech[row].astype(np.float32)
-        if emb.has_visual[row]:
-            vecs["visual"] = emb.visual[row].astype(np.float32)
-        points.append(
-            Point(
-                id=point_id(key, index, EMBEDDING_VERSION),
-                vectors=vecs,
-                payload={
-                    "media_id": media_id,
-                    "clip_index": index,
-                    "start": float(start),
-                    "end": float(end),
-                    "has_speech": bool(emb.has_speech[row]),
-                },
-            )
-        )
+        if has_visual[row]:
+            vecs["visual"] = visual[row].astype(np.float32)
+        payload = {
+            "media_id": media_id,
+            "clip_index": index,
+            "start": float(start),
+            "end": float(end),
+            "has_speech": bool(emb.has_speech[row]),
+        }
+        if index in tokens:
+            payload["visual_token"] = int(tokens[index])
+        points.append(Point(id=point_id(key, index, version), vectors=vecs, payload=payload))
     vectors.delete_media([media_id])
     vectors.upsert(points)
     with catalog.session() as session:
         media = session.get(Media, media_id)
         # Only mark synced if nobody re-indexed the file while we embedded it.
         if media is not None and media.indexed_at == indexed_at:
-            media.synced_version = EMBEDDING_VERSION
+            media.synced_version = version
             media.synced_at = utcnow()
     return len(points)
 

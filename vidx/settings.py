@@ -42,6 +42,21 @@ class Settings(BaseSettings):
     search_candidates: int = Field(default=100, ge=10, le=10000)
     search_per_media: int = Field(default=1, ge=1, le=1000)
 
+    # Training (`vidx train`) and the trained models in search. Defaults train the dev library
+    # (~430 video clips) in about 5-8 minutes on 2 CPU cores; "auto" uses a GPU when torch sees one.
+    train_videobert_steps: int = Field(default=240, ge=0, le=1_000_000)
+    train_cbt_steps: int = Field(default=400, ge=0, le=1_000_000)
+    train_batch_size: int = Field(default=32, ge=4, le=4096)
+    train_videobert_layers: int = Field(default=6, ge=1, le=6)
+    train_heldout_fraction: float = Field(default=0.2, ge=0, lt=1)
+    train_seed: int = 0
+    train_device: str = "auto"
+    # auto: switch a trained model on only when it beats the baseline it replaces on held-out data.
+    train_activate: Literal["auto", "always", "never"] = "auto"
+    rerank: bool = True
+    rerank_depth: int = Field(default=20, ge=1, le=1000)
+    rerank_weight: float = Field(default=1.0, ge=0, le=100)
+
     # The distributed mode: a Celery broker (redis://... or amqp://...) turns on `ingest --queue` and `worker`.
     broker_url: str | None = None
     # Queue names are PREFIX.ingest and PREFIX.sync, so deployments (and tests) can share one broker.

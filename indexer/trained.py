@@ -1,0 +1,186 @@
+"""Trained model versions: catalog rows, the active set, activation, and CBT visual vectors for the index."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, update
+
+from store.catalog import Catalog, Clip, Media, MediaStatus, ModelVersion
+from store.features import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("videobert", "cbt")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One model_versions row as plain data; ``path`` is absolute (the catalog keeps it relative to the models dir)."""
+
+    id: int
+    kind: str
+    name: str
+    path: Path
+    metrics: dict[str, Any]
+    active: bool
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def vocab_path(self) -> Path:
+        return self.run_dir / "vocab.npz"
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; anything else is passed through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _record(row: ModelVersion, models_root: Path) -> ModelRecord:
+    path = Path(row.path)
+    return ModelRecord(row.id, row.kind, row.name, path if path.is_absolute() else models_root / path,
+                       dict(row.metrics or {}), bool(row.active))
+
+
+def list_versions(catalog: Catalog, models_root: Path) -> list[ModelRecord]:
+    with catalog.session() as session:
+        rows = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+        return [_record(r, models_root) for r in rows]
+
+
+def active_versions(catalog: Catalog, models_root: Path) -> dict[str, ModelRecord]:
+    """The active row per kind (at most one each)."""
+    return {r.kind: r for r in list_versions(catalog, models_root) if r.active and r.kind in KINDS}
+
+
+def resolve_targets(catalog: Catalog, models_root: Path, spec: str) -> list[ModelRecord]:
+    """Rows named by ``spec``: a model_versions id, or a run name (its videobert and cbt rows); ValueError if none."""
+    rows = list_versions(catalog, models_root)
+    found = [r for r in rows if r.id == int(spec)] if spec.isdigit() else [r for r in rows if r.name == spec]
+    if not found:
+        raise ValueError(f"no model version matches {spec!r} (see `vidx models`)")
+    for r in found:
+        if not r.path.is_file():
+            raise ValueError(f"model version {r.id} ({r.kind} {r.name}): checkpoint {r.path} is missing")
+    return found
+
+
+def set_active(catalog: Catalog, active: dict[str, int | None]) -> None:
+    """Make ``active[kind]`` the one active row of each kind given (None: none active); one transaction."""
+    with catalog.session() as session:
+        for kind, model_id in active.items():
+            session.execute(update(ModelVersion).where(ModelVersion.kind == kind).values(active=False))
+            if model_id is not None:
+                session.execute(update(ModelVersion).where(ModelVersion.id == model_id).values(active=True))
+
+
+def register(catalog: Catalog, models_root: Path, kind: str, name: str, path: Path, metrics: dict[str, Any]) -> int:
+    """Add (or update, for a resumed run) the row of one trained model; returns its id."""
+    rel = str(Path(path).resolve().relative_to(models_root.resolve()))
+    with catalog.session() as session:
+        row = session.scalars(select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.name == name)).first()
+        if row is None:
+            row = ModelVersion(kind=kind, name=name, path=rel, metrics=metrics, active=False)
+            session.add(row)
+        else:
+            row.path, row.metrics = rel, metrics
+        session.flush()
+        return int(row.id)
+
+
+def assign_visual_tokens(catalog: Catalog, store: FeatureStore, vocab_path: Path) -> int:
+    """Write every clip's visual token under this vocabulary into clips.visual_token; returns how many clips got one.
+
+    Clips of files without video features get NULL.
+    """
+    from models.visual_vocab import VisualVocab
+
+    vocab = VisualVocab.load(vocab_path)
+    with catalog.session() as session:
+        media = session.execute(select(Media.id, Media.content_hash).where(Media.status == MediaStatus.INDEXED)).all()
+    count = 0
+    for media_id, key in media:
+        tokens: np.ndarray | None = None
+        if key and store.exists(key) and store.has(key, "features"):
+            tokens = vocab.assign(store.load(key, "features"))
+        with catalog.session() as session:
+            clips = session.scalars(select(Clip).where(Clip.media_id == media_id).order_by(Clip.clip_index)).all()
+            if tokens is not None and len(tokens) != len(clips):
+                logger.warning("media %s: %d feature rows for %d clips; no visual tokens", media_id, len(tokens), len(clips))
+                tokens = None
+            for row, clip in enumerate(clips):
+                clip.visual_token = int(tokens[row]) if tokens is not None else None
+            count += len(clips) if tokens is not None else 0
+    return count
+
+
+class CbtVisual:
+    """The active CBT checkpoint applied to stored clip features: the index's `visual` vectors.
+
+    Vectors are cached in the feature store (``cbt_visual``, stamped with ``cbt_version``) so a
+    reindex under the same model does not run it again. The model loads on first use.
+    """
+
+    def __init__(self, record: ModelRecord, device: str = "cpu") -> None:
+        self.record = record
+        self.device = device
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        # Short: it ends up in media.synced_version (64 characters) next to the base version.
+        return f"cbt/{self.record.id}"
+
+    @property
+    def model(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if self._model is None:
+                from models.cbt import load_checkpoint
+
+                self._model, _, _ = load_checkpoint(self.record.path, device=resolve_device(self.device))
+            return self._model
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        from models.cbt import embed_video
+
+        return embed_video(self.model, np.asarray(features, np.float32))
+
+    def vectors(self, store: FeatureStore, key: str) -> np.ndarray | None:
+        """float16 [N, 384] unit vectors for the clips of one file, or None for a file without video features."""
+        if not store.has(key, "features"):
+            return None
+        if store.has(key, "cbt_visual") and store.has(key, "cbt_version"):
+            if str(store.load(key, "cbt_version").reshape(-1)[0]) == self.version:
+                return store.load(key, "cbt_visual")
+        vecs = self.embed(store.load(key, "features")).astype(np.float16)
+        store.put(key, {"cbt_visual": vecs, "cbt_version": np.asarray([self.version])})
+        return vecs
+
+    def precompute(self, store: FeatureStore, keys: Iterable[str]) -> int:
+        """Fill the cache for these files ahead of an index switch; returns how many have vectors."""
+        return sum(1 for key in keys if store.exists(key) and self.vectors(store, key) is not None)
+
+
+def indexed_keys(catalog: Catalog) -> list[str]:
+    with catalog.session() as session:
+        return [k for k in session.scalars(select(Media.content_hash).where(Media.status == MediaStatus.INDEXED)) if k]
+
+
+def describe_versions(records: Sequence[ModelRecord]) -> list[dict[str, Any]]:
+    """Rows for `vidx models --json`."""
+    return [{"id": r.id, "kind": r.kind, "name": r.name, "path": str(r.path), "active": r.active,
+             "metrics": r.metrics} for r in records]
