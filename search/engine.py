@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,8 @@ class SearchOptions:
     min_scores: tuple[tuple[str, float], ...] = (("speech", 0.2), ("visual", 0.3))
     per_media: int = 1
     merge_gap: int = 1
+    # VideoBERT's alignment head reorders the top moments when the engine has a reranker.
+    rerank: bool = True
     max_moment_clips: int = 20
 
 
@@ -122,13 +125,23 @@ class SearchEngine:
         vectors: VectorIndex,
         lexical: LexicalIndex,
         encode: Callable[[Sequence[str]], np.ndarray],
+        reranker: Any = None,
     ) -> None:
         self.catalog = catalog
+        self.reranker = reranker  # search.rerank.Reranker, when a trained VideoBERT is active
         self.store = store
         self.vectors = vectors
         self.lexical = lexical
         self.encode = encode
         self.last_timings: dict[str, float] = {}
+        self._lexical_pool: ThreadPoolExecutor | None = None
+
+    def _lexical_search(
+        self, query: str, limit: int, allowed: frozenset[int] | None, has_speech: bool | None
+    ) -> tuple[list[Candidate], float]:
+        t = time.perf_counter()
+        hits = self.lexical.search(query, limit, allowed, has_speech=has_speech)
+        return [Candidate((h.media_id, h.clip_index), h.score) for h in hits], time.perf_counter() - t
 
     def resolve_filters(self, filters: SearchFilters) -> frozenset[int] | None:
         """Media ids allowed by the filters (None: no restriction); ValueError for a filter matching nothing."""
@@ -160,21 +173,31 @@ class SearchEngine:
         timings = self.last_timings
         lists: dict[str, list[Candidate]] = {}
         dense = [s for s in options.sources if s in ("speech", "visual")]
+        lexical: Future[tuple[list[Candidate], float]] | None = None
+        if "lexical" in options.sources:
+            # BM25 (numpy) runs beside the query embedding (torch): both release the GIL, and
+            # neither needs the other, so the two cores each take one.
+            if dense:
+                if self._lexical_pool is None:
+                    self._lexical_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidx-lexical")
+                lexical = self._lexical_pool.submit(self._lexical_search, query, options.candidates, allowed, has_speech)
+            else:
+                lists["lexical"], timings["lexical"] = self._lexical_search(query, options.candidates, allowed, has_speech)
         if dense:
             t = time.perf_counter()
             vector = self.encode([query])[0]
             timings["embed"] = time.perf_counter() - t
-        if "lexical" in options.sources:
-            t = time.perf_counter()
-            hits = self.lexical.search(query, options.candidates, allowed, has_speech=has_speech)
-            lists["lexical"] = [Candidate((h.media_id, h.clip_index), h.score) for h in hits]
-            timings["lexical"] = time.perf_counter() - t
         for name in dense:
             t = time.perf_counter()
             flt = Filter(media_ids=allowed, has_speech=has_speech)
             found = self.vectors.search(name, vector, options.candidates, flt)
             lists[name] = [Candidate((int(h.payload["media_id"]), int(h.payload["clip_index"])), h.score) for h in found]
             timings[name] = time.perf_counter() - t
+        if lexical is not None:
+            t = time.perf_counter()
+            lists["lexical"], timings["lexical"] = lexical.result()
+            timings["lexical_wait"] = time.perf_counter() - t
+        lists = {name: lists[name] for name in SOURCES if name in lists}  # fusion sees a fixed source order
         floors = dict(options.min_scores)
         kept = {
             name: [c for c in cands if c.score >= floors.get(name, float("-inf"))] if name in floors else cands
@@ -207,16 +230,27 @@ class SearchEngine:
         spans = merge_moments(fused, max_gap=options.merge_gap, max_clips=options.max_moment_clips)
         chosen: list[MomentSpan] = []
         per_media: dict[int, int] = {}
+        rerank = self.reranker is not None and options.rerank
+        want = max(options.limit, self.reranker.depth) if rerank else options.limit
         for span in spans:
             if per_media.get(span.media_id, 0) >= options.per_media:
                 continue
             per_media[span.media_id] = per_media.get(span.media_id, 0) + 1
             chosen.append(span)
-            if len(chosen) >= options.limit:
+            if len(chosen) >= want:
                 break
         self.last_timings["fuse"] = time.perf_counter() - t
+        align: dict[ClipKey, float] = {}
+        if rerank and chosen:
+            t = time.perf_counter()
+            chosen, probs = self.reranker.rerank(query, chosen)
+            align = {(chosen[i].media_id, chosen[i].best_clip): round(p, 4) for i, p in probs.items()}
+            self.last_timings["rerank"] = time.perf_counter() - t
+        chosen = chosen[: options.limit]
         t = time.perf_counter()
         source_scores = {name: {c.key: c.score for c in cands} for name, cands in lists.items()}
+        if align:
+            source_scores["align"] = align
         moments = self._describe(query, chosen, source_scores)
         self.last_timings["describe"] = time.perf_counter() - t
         self.last_timings["total"] = time.perf_counter() - t0
