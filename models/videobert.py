@@ -544,27 +544,30 @@ def fill_text(model: VideoBERT, visual_tokens: Sequence[int], template: str | Se
 @torch.no_grad()
 def predict_next_visual(model: VideoBERT, visual_tokens: Sequence[int], n: int = 1,
                         text_ids: Sequence[int] | None = None) -> list[int]:
-    """The n most likely next visual tokens after visual_tokens, filled one at a time, left to right.
+    """The n most likely next visual tokens after visual_tokens, one at a time, left to right.
 
-    Each step appends visual [MASK]s for the remaining positions and commits the first one's argmax, so
-    later predictions condition on earlier ones. Optional text_ids (the clip's speech) condition it too.
+    Each step appends one visual [MASK] after the tokens so far (the last max_visual_len - 1 of them) and
+    commits its argmax, so later predictions condition on earlier ones; a single trailing mask is also the
+    case training sees most (several adjacent masks are rare at mask_prob 0.15). Optional text_ids (the
+    clip's speech) condition it too.
     """
     c = model.config
-    if n < 1 or n >= c.max_visual_len:
-        raise ValueError(f"expected 1 <= n < max_visual_len ({c.max_visual_len}), got {n}")
-    context = [int(v) for v in visual_tokens][-(c.max_visual_len - n):]
+    if n < 1:
+        raise ValueError(f"expected n >= 1, got {n}")
+    if not list(visual_tokens) and not text_ids:
+        raise ValueError("expected visual_tokens or text_ids to predict from")
     text = _strip_specials(text_ids, c)[:c.max_text_len] if text_ids else []
+    tokens = [int(v) for v in visual_tokens]
     model.eval()
-    predicted: list[int] = []
-    for step in range(n):
-        batch = build_inputs([text] if text else None, [context + predicted + [0] * (n - step)], c,
-                             device=model.device)
-        first = 2 + len(text) + len(context) + step  # [CLS] text [>] context predicted -> this position
-        masked = batch["input_ids"].clone()
-        masked[0, first:first + n - step] = c.visual_mask_id
-        hidden = model(masked, batch["token_type_ids"], batch["attention_mask"])[0]
-        predicted.append(int(model.visual_logits(hidden[first]).argmax()))
-    return predicted
+    for _ in range(n):
+        context = tokens[len(tokens) - (c.max_visual_len - 1):] if c.max_visual_len > 1 else []
+        batch = build_inputs([text] if text else None, [context + [0]], c, device=model.device)
+        pos = 2 + len(text) + len(context)  # [CLS] text [>] context -> the appended slot
+        ids = batch["input_ids"].clone()
+        ids[0, pos] = c.visual_mask_id
+        hidden = model(ids, batch["token_type_ids"], batch["attention_mask"])[0]
+        tokens.append(int(model.visual_logits(hidden[pos]).argmax()))
+    return tokens[len(tokens) - n:]
 
 
 @torch.no_grad()
