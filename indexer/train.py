@@ -421,7 +421,8 @@ class _Trainer:
             opt.step()
             sched.step()
             for k in ("total", "text_acc", "visual_acc", "align_acc"):
-                ema[k] = 0.9 * ema.get(k, float(out[k])) + 0.1 * float(out[k])
+                v = float(out[k].detach())
+                ema[k] = 0.9 * ema.get(k, v) + 0.1 * v
             if time.monotonic() - last_save >= self.options.checkpoint_seconds:
                 save(step + 1)
                 last_save = time.monotonic()
@@ -525,7 +526,8 @@ class _Trainer:
             opt.step()
             sched.step()
             for k in ("total", "r1", "masked_acc"):
-                ema[k] = 0.9 * ema.get(k, float(out[k])) + 0.1 * float(out[k])
+                v = float(out[k].detach())
+                ema[k] = 0.9 * ema.get(k, v) + 0.1 * v
             if time.monotonic() - last_save >= self.options.checkpoint_seconds:
                 save(step + 1)
                 last_save = time.monotonic()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,9 +21,30 @@ from vidx.settings import Settings
 
 if TYPE_CHECKING:
     from indexer.sync import Embedder, SyncReport
+    from indexer.train import TrainOptions
+    from indexer.trained import ModelRecord
+    from search.describe import Description
+    from search.rerank import Reranker
     from indexer.tasks import QueueConfig
     from search.engine import SearchEngine, SearchOptions
     from store.vectors import VectorIndex
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM that arrive inside are delivered (as KeyboardInterrupt / exit) when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda n, _f: received.append(n)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 @dataclass
@@ -63,13 +88,21 @@ class App:
         from indexer.sync import EmbedOptions, Embedder
 
         s = self.settings
+        # An active trained CBT replaces the concept-tag visual vectors (and so the embedding version).
+        active = self.active_models()
+        visual = None
+        if "cbt" in active:
+            from indexer.trained import CbtVisual
+
+            visual = CbtVisual(active["cbt"], device=s.train_device)
         return Embedder(
             EmbedOptions(
                 context_seconds=s.context_seconds,
                 concept_top_k=s.concept_top_k,
                 cache_dir=s.resolved_cache_dir(),
                 threads=s.threads,
-            )
+            ),
+            visual_model=visual,
         )
 
     def ingest_options(self) -> IngestOptions:
@@ -142,4 +175,100 @@ class App:
 
         # One short query is memory-bound: one thread answers it 3-5x faster than two fighting.
         encoder = load_text_encoder(threads=1)
-        return SearchEngine(self.catalog, self.store, vectors, self.lexical, encoder.encode)
+        return SearchEngine(self.catalog, self.store, vectors, self.lexical, encoder.encode, reranker=self.reranker())
+
+    # -- trained models (vidx train / models / describe) -------------------------------------------
+
+    @property
+    def models_root(self) -> Path:
+        return self.data_dir / "models"
+
+    def active_models(self) -> dict[str, ModelRecord]:
+        from indexer.trained import active_versions
+
+        return active_versions(self.catalog, self.models_root)
+
+    def reranker(self) -> Reranker | None:
+        """VideoBERT's rerank when a trained VideoBERT is active and VIDX_RERANK is on."""
+        if not self.settings.rerank:
+            return None
+        record = self.active_models().get("videobert")
+        if record is None:
+            return None
+        from search.rerank import Reranker, RerankOptions
+
+        from models.text_encoder import load_text_encoder
+
+        s = self.settings
+        return Reranker(self.catalog, self.store, record.path, record.vocab_path, load_text_encoder(threads=1).tokenize,
+                        RerankOptions(depth=s.rerank_depth, weight=s.rerank_weight))
+
+    def train_options(self, **overrides) -> TrainOptions:  # type: ignore[no-untyped-def]
+        from indexer.train import TrainOptions
+        from indexer.training_data import DataOptions
+
+        s = self.settings
+        base = {
+            "data": DataOptions(heldout_fraction=s.train_heldout_fraction, seed=s.train_seed),
+            "videobert_steps": s.train_videobert_steps, "cbt_steps": s.train_cbt_steps,
+            "batch_size": s.train_batch_size, "videobert_layers": s.train_videobert_layers,
+            "seed": s.train_seed, "device": s.train_device, "threads": s.threads, "activate": s.train_activate,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return TrainOptions(**base)
+
+    def switch_models(self, active: dict[str, int | None], *, progress=None) -> SyncReport:  # type: ignore[no-untyped-def]
+        """Make ``active[kind]`` the active model of each kind given (None: none), index first, catalog second.
+
+        The new index generation is built completely before anything switches: CBT vectors are
+        computed into the feature store first (interruptible, nothing live changes), then one sync under
+        the index's writer lock replaces every point and flushes once (FAISS readers move from the old
+        generation to the new one atomically), then one catalog transaction flips the active rows. A
+        crash between the two leaves media whose synced_version does not match the active version:
+        the next sync repairs them.
+        """
+        from indexer.sync import EmbedOptions, Embedder, sync_index
+        from indexer.trained import CbtVisual, assign_visual_tokens, indexed_keys, list_versions, set_active
+
+        records = {r.id: r for r in list_versions(self.catalog, self.models_root)}
+        current = {k: r.id for k, r in self.active_models().items()}
+        target = {**current, **active}
+        for kind, model_id in target.items():
+            if model_id is not None and (model_id not in records or records[model_id].kind != kind):
+                raise ValueError(f"model version {model_id} is not a {kind} model (see `vidx models`)")
+        visual = None
+        if target.get("cbt") is not None:
+            visual = CbtVisual(records[target["cbt"]], device=self.settings.train_device)
+            if progress is not None:
+                progress("cbt vectors", 0.0)
+            visual.precompute(self.store, indexed_keys(self.catalog))
+        old = self.embedder
+        embedder = Embedder(EmbedOptions(**{f: getattr(old.options, f) for f in old.options.__dataclass_fields__}),
+                            visual_model=visual)
+        embedder._encoder = old._encoder  # the text encoder is the same; do not load it twice
+        # Ctrl-C waits for the swap (seconds: every vector is precomputed): the index writer flushes
+        # whatever it holds when closed, and half a swap must never become a generation.
+        with _interrupts_deferred(), self.vectors() as vectors:
+            report = sync_index(self.catalog, self.store, vectors, self.lexical, embedder, progress=progress)
+            set_active(self.catalog, active)
+        if target.get("videobert") is not None:
+            assign_visual_tokens(self.catalog, self.store, records[target["videobert"]].vocab_path)
+        self.__dict__["embedder"] = embedder
+        return report
+
+    def describe(self, media: str, at: float, **options) -> Description:  # type: ignore[no-untyped-def]
+        """`vidx describe` from Python: words for the clip at ``at`` seconds and the predicted next visual tokens."""
+        from search.describe import DescribeOptions, describe
+
+        from models.text_encoder import load_text_encoder
+
+        record = self.active_models().get("videobert")
+        if record is None:
+            from indexer.trained import list_versions
+
+            trained = [r for r in list_versions(self.catalog, self.models_root) if r.kind == "videobert"]
+            if not trained:
+                raise ValueError("no trained VideoBERT: run `vidx train` first")
+            record = trained[-1]  # describe works with the newest one even when rerank keeps it off
+        return describe(self.catalog, self.store, record.path, record.vocab_path, load_text_encoder(threads=1).tokenizer,
+                        media, at, DescribeOptions(**{k: v for k, v in options.items() if v is not None}))
