@@ -32,7 +32,8 @@ class CBTConfig:
     dropout: float = 0.1
     masked_weight: float = 1.0
     cross_weight: float = 1.0
-    clip_weight: float = 0.5  # per-clip cross-modal term: makes every clip's vector, not just the pooled window's, text-like
+    # Per-clip cross-modal term: makes each clip's own vector (what search indexes) text-like, not only the window's.
+    clip_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if min(self.feature_dim, self.hidden, self.layers, self.heads, self.intermediate, self.text_dim,

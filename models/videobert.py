@@ -1,4 +1,4 @@
-"""VideoBERT: one BERT over `[CLS] text [>] visual tokens [SEP]`, initialised from MiniLM, with MLM and alignment heads."""
+"""VideoBERT: BERT over `[CLS] text [>] visual [SEP]`, initialised from MiniLM, with MLM and alignment heads."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ class Layer(nn.Module):
 
 
 class VideoBERT(nn.Module):
-    """BERT over the combined text + visual vocabulary, an MLM head tied to the embeddings, an alignment head on [CLS]."""
+    """BERT over the combined text + visual vocabulary; MLM head tied to the embeddings; alignment head on [CLS]."""
 
     def __init__(self, config: VideoBertConfig) -> None:
         super().__init__()
@@ -242,7 +242,7 @@ class VideoBERT(nn.Module):
         return model.to(device)
 
     def set_visual_embeddings(self, vectors: torch.Tensor) -> None:
-        """Overwrite the visual rows of the embedding table ([visual_vocab_size, hidden]), e.g. from concept-tag words."""
+        """Overwrite the visual rows of the embedding table ([visual_vocab_size, hidden]), e.g. from tag words."""
         c = self.config
         if tuple(vectors.shape) != (c.visual_vocab_size, c.hidden):
             raise ValueError(f"expected [{c.visual_vocab_size}, {c.hidden}], got {tuple(vectors.shape)}")

@@ -23,7 +23,8 @@ class VocabConfig:
     min_clips_per_leaf: int = 6  # depth is capped so a full tree has at least this many clips per leaf
     depth: int | None = None  # force a depth (1..max_depth) instead of choosing it from n
     niter: int = 20  # k-means iterations per node
-    nredo: int = 3  # k-means restarts per node, best kept: faiss seeds randomly (no k-means++), so one run can merge clusters
+    # Restarts per node, best kept: one k-means run from a random start can merge two clusters and split another.
+    nredo: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -203,9 +204,12 @@ class VisualVocab:
         active = np.ones(n, bool)  # rows whose current node still has children
         for level in range(self.depth):
             step = np.zeros(n, np.int64)
-            for p in np.unique(prefix[active]):
+            rows_active = np.nonzero(active)[0]
+            # Group rows by node with one sort instead of one full scan per node (thousands at depth 3-4).
+            order = rows_active[np.argsort(prefix[rows_active], kind="stable")]
+            nodes, starts = np.unique(prefix[order], return_index=True)
+            for p, rows in zip(nodes, np.split(order, starts[1:])):
                 node = self._index.get((level, int(p)))
-                rows = np.nonzero(active & (prefix == p))[0]
                 if node is None:
                     active[rows] = False  # a leaf above full depth: its token is the path padded with zeros
                     continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,7 +114,8 @@ def test_masking() -> None:
     assert torch.equal(again["input_ids"], new) and torch.equal(labels2, labels)
 
 
-def train(model: VideoBERT, steps: int, make_batch, lr: float = 3e-3) -> None:  # type: ignore[no-untyped-def]
+def train(model: VideoBERT, steps: int, make_batch: Callable[[int], dict[str, torch.Tensor]],
+          lr: float = 3e-3) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for step in range(steps):
@@ -128,7 +129,6 @@ def test_mlm_losses_fall_and_next_clip_prediction_learns() -> None:
     torch.manual_seed(0)
     c = tiny_config()
     model = VideoBERT(c)
-    pairs = [toy_pair(a) for a in range(8)]
     lengths = [2, 3, 4, 5, 6]  # varied, so "next" means "after the last one", not "at slot 4"
 
     def make_batch(step: int) -> dict[str, torch.Tensor]:
