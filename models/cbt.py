@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.videobert import plain
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "vidx.cbt/1"
@@ -274,7 +276,7 @@ def save_checkpoint(path: str | Path, model: CBT, config: CBTConfig | None = Non
     path = Path(path)
     config = config or model.config
     payload = {"format": FORMAT, "config": config.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {}}
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": plain(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

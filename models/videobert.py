@@ -597,6 +597,25 @@ def align_score(model: VideoBERT, text_ids: Sequence[int], visual_tokens: Sequen
 # Checkpoints
 
 
+def plain(value: Any, where: str = "extra") -> Any:
+    """A copy of value that weights_only loading accepts: numbers, str, bool, None, tensors, lists and dicts.
+
+    numpy scalars and arrays become Python numbers and lists; anything else is a ValueError now, at save
+    time, rather than an unreadable checkpoint later.
+    """
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
+        return value.item()  # numpy scalar
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
+        return value.tolist()  # numpy array
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ValueError(f"{where}: expected numbers, strings, tensors, lists or dicts, got {type(value).__name__}")
+
+
 def save_checkpoint(path: str | Path, model: VideoBERT, config: VideoBertConfig | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
     """torch.save of {format, config dict, state_dict, extra}; extra must hold plain types (numbers, str,
@@ -604,7 +623,7 @@ def save_checkpoint(path: str | Path, model: VideoBERT, config: VideoBertConfig 
     path = Path(path)
     config = config or model.config
     payload = {"format": FORMAT, "config": config.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {}}
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": plain(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -629,4 +648,4 @@ def parameter_count(model: nn.Module) -> int:
 
 __all__ = ["VideoBertConfig", "VideoBERT", "build_inputs", "mask_tokens", "shuffle_negatives", "fill_text",
            "predict_next_visual", "align_score", "align_scores", "save_checkpoint", "load_checkpoint",
-           "visual_id", "parameter_count", "IGNORE"]
+           "visual_id", "parameter_count", "plain", "IGNORE"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,6 +257,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model.eval()
     args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     assert torch.equal(model(*args), loaded(*args))
+    # numpy values in extra are stored as plain numbers (weights_only loading refuses numpy objects).
+    save_checkpoint(tmp_path / "np.pt", model, c, {"auc": np.float32(0.75), "hist": np.arange(3)})
+    assert load_checkpoint(tmp_path / "np.pt")[2] == {"auc": 0.75, "hist": [0, 1, 2]}
+    with pytest.raises(ValueError, match="extra.bad"):
+        save_checkpoint(tmp_path / "bad.pt", model, c, {"bad": object()})
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a VideoBERT checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
