@@ -180,10 +180,10 @@ def _stage_task(task: Task, stage: str, job_id: int, transient: int) -> str:
             ctx.staging.drop(job_id)
             return "failed"
         logger.warning("job %s: %s hit a transient error, retrying: %s", job_id, stage, one_line(e))
-        _retry(task, job_id, transient + 1, _backoff(transient))
+        _retry(task, job_id, transient + 1, _backoff(transient), stage_priority(config, stage))
     if step.start == "busy":
         # Another live worker runs this stage (a redelivery while it works): look again later.
-        _retry(task, job_id, transient, max(config.heartbeat_timeout / 2, 1.0))
+        _retry(task, job_id, transient, max(config.heartbeat_timeout / 2, 1.0), stage_priority(config, stage))
     if step.result is not None or step.start == "finished":
         ctx.staging.drop(job_id)
         if step.result is not None and step.result.status == "indexed":
@@ -192,18 +192,21 @@ def _stage_task(task: Task, stage: str, job_id: int, transient: int) -> str:
     following = _next_stage(stage)
     if following is not None:
         try:
-            _publish(task.app, f"vidx.{following}", [job_id], config.ingest_queue)
+            _publish(task.app, f"vidx.{following}", [job_id], config.ingest_queue, priority=stage_priority(config, following))
         except Exception as e:  # noqa: BLE001 - any failure to publish: this message must come back
             # The stage's output is kept and recorded, so the redelivered message only publishes.
             raise Reject(f"could not enqueue {following} of job {job_id}: {e}", requeue=True) from e
     return stage
 
 
-def _retry(task: Task, job_id: int, transient: int, countdown: float) -> None:
+def _retry(task: Task, job_id: int, transient: int, countdown: float, priority: int | None = None) -> None:
     from celery.exceptions import Reject
 
     try:
-        raise task.retry(kwargs={"job_id": job_id, "transient": transient}, countdown=countdown, max_retries=None)
+        raise task.retry(
+            kwargs={"job_id": job_id, "transient": transient}, countdown=countdown, max_retries=None,
+            priority=priority,
+        )
     except Reject:
         raise
     except Exception as e:
@@ -215,9 +218,12 @@ def _retry(task: Task, job_id: int, transient: int, countdown: float) -> None:
         raise Reject(f"could not schedule a retry of job {job_id}: {e}", requeue=True) from e
 
 
-def _publish(app: Celery, name: str, args: list[Any], queue: str, *, countdown: float | None = None, required: bool = True) -> None:
+def _publish(
+    app: Celery, name: str, args: list[Any], queue: str, *, countdown: float | None = None, priority: int | None = None,
+    required: bool = True,
+) -> None:
     try:
-        app.send_task(name, args=args, queue=queue, countdown=countdown)
+        app.send_task(name, args=args, queue=queue, countdown=countdown, priority=priority)
     except Exception:
         if required:
             raise
@@ -299,8 +305,49 @@ def _ping_task(task: Task, job_id: int, stage: str) -> str:
         finish_job(ctx.catalog, job_id, "skipped", "ping")
         return "done"
     end_stage(ctx.catalog, job_id, stage, owner)
-    _publish(task.app, PING_TASK, [job_id, following], config.ingest_queue)
+    _publish(task.app, PING_TASK, [job_id, following], config.ingest_queue, priority=stage_priority(config, following))
     return stage
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+def stage_priority(config: QueueConfig, stage: str) -> int:
+    """Later stages first, so a worker finishes the files it started before it probes new ones.
+
+    Without this a batch runs breadth-first (every probe, then every analysis ...) and holds
+    the staged work of every file at once. Redis reads priority 0 first; AMQP reads 9 first.
+    """
+    rank = STAGES.index(stage) * 3  # 0, 3, 6, 9: kombu's Redis priority steps
+    return 9 - rank if _is_redis(config.broker_url) else rank
+
+
+def _patch_kombu_redis_restore() -> None:
+    """Keep a Redis outage from killing the worker (kombu 5.7, as in celery/kombu#970 and #582).
+
+    When the broker vanishes, kombu closes the channel and gives back the unacknowledged
+    messages it holds; by then its connection info is gone and ``restore_unacked`` raises
+    AttributeError, an "unrecoverable error" that stops the worker. Those messages are still
+    in Redis's unacked set, which the visibility timeout restores, so skipping the give-back
+    loses nothing.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "_vidx_guarded", False):
+        return
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        try:
+            return original(self, client)
+        except AttributeError:
+            logger.warning("broker gone: %d unacknowledged messages come back after the visibility timeout", len(self._delivered))
+            self._delivered.clear()
+            return []
+
+    restore_unacked._vidx_guarded = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked
 
 
 def _reset_after_fork(**_: Any) -> None:
@@ -318,7 +365,11 @@ def create_app(config: QueueConfig) -> Celery:
 
     app = Celery("vidx", broker=config.broker_url, set_as_current=False)
     transport: dict[str, Any] = {}
-    if config.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+    ingest_args: dict[str, Any] = {}
+    if not _is_redis(config.broker_url):
+        ingest_args = {"x-max-priority": 9}
+    else:
+        _patch_kombu_redis_restore()
         transport = {
             # Redis has no consumer-death detection: an unacknowledged task comes back after this.
             "visibility_timeout": config.visibility_timeout,
@@ -346,7 +397,11 @@ def create_app(config: QueueConfig) -> Celery:
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0},
         task_default_queue=config.ingest_queue,
-        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q, durable=True) for q in (config.ingest_queue, config.sync_queue)],
+        task_queues=[
+            Queue(config.ingest_queue, Exchange(config.ingest_queue, type="direct"), routing_key=config.ingest_queue,
+                  durable=True, queue_arguments=ingest_args or None),
+            Queue(config.sync_queue, Exchange(config.sync_queue, type="direct"), routing_key=config.sync_queue, durable=True),
+        ],
         task_routes={SYNC_TASK: {"queue": config.sync_queue}},
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=False,
@@ -374,12 +429,17 @@ def create_app(config: QueueConfig) -> Celery:
 
 
 def enqueue(app: Celery, job_ids: Iterable[int], *, task: str = "vidx.probe") -> int:
-    """Publish the first stage of each job on one connection; raises if the broker is unreachable."""
+    """Publish the first stage of each job on one connection; raises soon if the broker is unreachable."""
     config: QueueConfig = app.vidx_config  # type: ignore[attr-defined]
+    # A person waits on this: a few quick retries, then a clear error rather than a minute of silence.
+    policy = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
     n = 0
     with app.producer_or_acquire() as producer:
         for job_id in job_ids:
-            app.send_task(task, args=[int(job_id)], queue=config.ingest_queue, producer=producer)
+            app.send_task(
+                task, args=[int(job_id)], queue=config.ingest_queue, producer=producer, retry_policy=policy,
+                priority=stage_priority(config, STAGES[0]),
+            )
             n += 1
     return n
 
