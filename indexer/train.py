@@ -34,10 +34,10 @@ class TrainOptions:
     data: DataOptions = field(default_factory=DataOptions)
     vocab_max_depth: int = 4
     vocab_min_per_leaf: int = 6
-    videobert_steps: int = 300
+    videobert_steps: int = 180
     videobert_layers: int = 6
     videobert_lr: float = 1e-4
-    cbt_steps: int = 500
+    cbt_steps: int = 300
     cbt_lr: float = 3e-4
     batch_size: int = 32
     warmup_fraction: float = 0.1
@@ -186,12 +186,10 @@ def _distinct_groups(pairs: Sequence[Pair], size: int, rng: np.random.Generator)
     groups: list[list[Pair]] = []
     current: list[Pair] = []
     seen: set[str] = set()
-    leftover: list[Pair] = []
     for i in order:
         p = pairs[i]
         if p.text in seen:
-            leftover.append(p)
-            continue
+            continue  # a repeated (weak) text would be its own in-batch negative
         current.append(p)
         seen.add(p.text)
         if len(current) == size:
@@ -444,7 +442,7 @@ class _Trainer:
 
     def _windows(self, examples: Sequence[Pair | Sequence_]) -> tuple[Any, Any]:
         torch = self.torch
-        t = max(ex.last - ex.first + 1 for ex in examples)
+        t = min(self.cbt_config.max_len, max(ex.last - ex.first + 1 for ex in examples))
         feats = torch.zeros(len(examples), t, self.cbt_config.feature_dim)
         pad = torch.ones(len(examples), t, dtype=torch.bool)
         for i, ex in enumerate(examples):
@@ -576,11 +574,12 @@ class _Trainer:
         vis_hit = vis_base = vis_n = 0
         txt_hit = txt_n = 0
         mft = c.visual_offset + self.vocab.most_frequent_token
+        batches = [([None] * len(seqs[i:i + 64]), [self._visual(s) for s in seqs[i:i + 64]]) for i in range(0, len(seqs), 64)]
+        batches += [([self.text_ids[p.text] for p in texts[i:i + 64]], [None] * len(texts[i:i + 64]))
+                    for i in range(0, len(texts), 64)]
         with torch.no_grad():
-            for rows_t, rows_v in (
-                    [([None] * len(seqs[i:i + 64]), [self._visual(s) for s in seqs[i:i + 64]]) for i in range(0, len(seqs), 64)]
-                    + [([self.text_ids[p.text] for p in texts[i:i + 64]], [None] * len(texts[i:i + 64]))
-                       for i in range(0, len(texts), 64)]):
+            # Five maskings of the same held-out rows: a small library masks only a few dozen tokens per pass.
+            for rows_t, rows_v in batches * 5:
                 batch = build_inputs(rows_t, rows_v, c, device=self.device)
                 masked, labels = mask_tokens(batch, c, gen)
                 hidden = vb(masked["input_ids"], masked["token_type_ids"], masked["attention_mask"])

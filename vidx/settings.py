@@ -44,8 +44,8 @@ class Settings(BaseSettings):
 
     # Training (`vidx train`) and the trained models in search. Defaults train the dev library
     # (~430 video clips) in about 5-8 minutes on 2 CPU cores; "auto" uses a GPU when torch sees one.
-    train_videobert_steps: int = Field(default=240, ge=0, le=1_000_000)
-    train_cbt_steps: int = Field(default=400, ge=0, le=1_000_000)
+    train_videobert_steps: int = Field(default=180, ge=0, le=1_000_000)
+    train_cbt_steps: int = Field(default=300, ge=0, le=1_000_000)
     train_batch_size: int = Field(default=32, ge=4, le=4096)
     train_videobert_layers: int = Field(default=6, ge=1, le=6)
     train_heldout_fraction: float = Field(default=0.2, ge=0, lt=1)
