@@ -762,9 +762,15 @@ def models_list(
 
 
 def _switch(vapp: App, active: dict[str, int | None]) -> None:
+    from store.vectors import IndexLockedError
+
     with _progress() as progress:
         task = progress.add_task("switch", total=1.0)
-        report = vapp.switch_models(active, progress=lambda stage, f: progress.update(task, completed=f, description=f"switch [dim]{stage}[/dim]"))
+        try:
+            report = vapp.switch_models(active, progress=lambda stage, f: progress.update(task, completed=f, description=f"switch [dim]{stage}[/dim]"))
+        except IndexLockedError as e:  # another process is writing the index; nothing was switched
+            console.print(f"[red]error:[/red] {escape(str(e))}")
+            raise typer.Exit(1) from e
         progress.update(task, completed=1.0)
     console.print(f"search index rebuilt: {report.upserted_media} media, {report.upserted_points} clips")
     for media_id, error in report.errors.items():
