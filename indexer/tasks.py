@@ -146,8 +146,9 @@ def open_vectors(config: QueueConfig) -> VectorIndex:
 
 
 def _backoff(retries: int) -> float:
-    # 2, 4, 8 ... seconds, at most 5 minutes: a database restart or failover usually fits.
-    return float(min(2 ** (retries + 1), 300))
+    # 5, 10, 20, 40, 80 ... seconds, at most 5 minutes: the default 5 retries span a database
+    # restart or failover (~2.5 minutes in all).
+    return float(min(5 * 2**retries, 300))
 
 
 def _next_stage(stage: str) -> str | None:
@@ -176,7 +177,13 @@ def _stage_task(task: Task, stage: str, job_id: int, transient: int) -> str:
     except TRANSIENT as e:
         if transient >= config.max_retries:
             logger.error("job %s: giving up on %s after %d retries: %s", job_id, stage, transient, e)
-            finish_job(ctx.catalog, job_id, "failed", f"gave up after {transient} retries: {one_line(e)}")
+            try:
+                finish_job(ctx.catalog, job_id, "failed", f"gave up after {transient} retries: {one_line(e)}")
+            except TRANSIENT:
+                # The catalog is still away: the job shows as running with a stale heartbeat;
+                # `vidx jobs retry ID` puts it back.
+                logger.error("job %s: could not record the failure either", job_id, exc_info=True)
+                return "failed"
             ctx.staging.drop(job_id)
             return "failed"
         logger.warning("job %s: %s hit a transient error, retrying: %s", job_id, stage, one_line(e))

@@ -434,3 +434,35 @@ def test_importing_the_tasks_loads_no_model() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_transient_error_releases_the_stage_and_the_retry_counts_an_attempt(tmp_path: Path, silent_video: Path) -> None:
+    """A "not now" error (the catalog or a server away) is re-raised for the queue to retry, the job kept."""
+    from sqlalchemy.exc import OperationalError
+
+    from indexer.pipeline import IngestOptions, StageEnv, run_stage
+    from store.features import FeatureStore
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    migrations.upgrade(catalog.engine)
+    env = StageEnv(catalog, FeatureStore(tmp_path / "features"), IngestOptions(cache_dir=tmp_path / "cache"))
+    [job_id] = create_jobs(catalog, [silent_video])
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    step = run_stage(env, job_id, "probe", me, lambda: None)
+    assert step.start == "run" and step.work is not None
+
+    def away() -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    with pytest.raises(OperationalError):
+        run_stage(env, job_id, "analyse", me, away, transient=(OperationalError,))
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.RUNNING and job.worker is None and job.done_stage == "probe" and job.attempts == 1
+    # Not transient: the same error fails the job at once, with its reason.
+    step = run_stage(env, job_id, "analyse", me, away, retrying=True)
+    assert step.result is not None and step.result.status == "failed" and "OperationalError" in step.result.reason
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.FAILED and job.attempts == 2
+    catalog.dispose()
