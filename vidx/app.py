@@ -212,6 +212,7 @@ class App:
             "data": DataOptions(heldout_fraction=s.train_heldout_fraction, seed=s.train_seed),
             "videobert_steps": s.train_videobert_steps, "cbt_steps": s.train_cbt_steps,
             "batch_size": s.train_batch_size, "videobert_layers": s.train_videobert_layers,
+            "vocab_min_per_leaf": s.train_vocab_min_per_leaf,
             "seed": s.train_seed, "device": s.train_device, "threads": s.threads, "activate": s.train_activate,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})

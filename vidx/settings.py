@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     train_cbt_steps: int = Field(default=300, ge=0, le=1_000_000)
     train_batch_size: int = Field(default=32, ge=4, le=4096)
     train_videobert_layers: int = Field(default=6, ge=1, le=6)
+    # Fewest clips per leaf the vocabulary's depth allows (VideoBERT: 12**depth tokens).
+    train_vocab_min_per_leaf: int = Field(default=6, ge=1, le=10_000)
     train_heldout_fraction: float = Field(default=0.2, ge=0, lt=1)
     train_seed: int = 0
     train_device: str = "auto"
