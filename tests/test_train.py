@@ -248,3 +248,24 @@ def test_activate_reindex_search_describe_deactivate(trained: Path) -> None:
     with vapp.catalog.session() as session:
         assert all("+cbt/" not in (m.synced_version or "") for m in session.scalars(select(Media)).all())
     assert json.loads(_cli(trained, "search", "bicycles", "--json"))
+
+
+def test_cli_train_fresh_run_activates_when_told(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vidx.app import App
+    from vidx.cli import app as cli
+    from vidx.settings import Settings
+
+    monkeypatch.setenv("VIDX_TRAIN_BATCH_SIZE", "8")
+    monkeypatch.setenv("VIDX_TRAIN_VIDEOBERT_LAYERS", "1")
+    res = CliRunner().invoke(cli, ["train", "--fresh", "--videobert-steps", "2", "--cbt-steps", "2", "--activate", "always",
+                                   "--device", "cpu", "--json", "--data-dir", str(trained)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["run"] == "run-0002" and report["activated"] == ["cbt", "videobert"]
+    vapp = App(Settings(data_dir=trained))
+    active = vapp.active_models()
+    assert {k: r.name for k, r in active.items()} == {"videobert": "run-0002", "cbt": "run-0002"}
+    with vapp.catalog.session() as session:
+        assert all(m.synced_version.endswith(f"+cbt/{active['cbt'].id}") for m in session.scalars(select(Media)).all())
+    out = _cli(trained, "models", "--json")
+    assert [(r["name"], r["active"]) for r in json.loads(out)] == [("run-0001", False)] * 2 + [("run-0002", True)] * 2
