@@ -678,6 +678,10 @@ def recommend(heldout: dict[str, Any], mode: str) -> dict[str, bool]:
 # -- the entry point ------------------------------------------------------------------------------
 
 
+class TrainerBusyError(RuntimeError):
+    """Another process is training in this data directory."""
+
+
 def train_library(catalog: Catalog, store: FeatureStore, embedder: Any, models_root: Path,
                   options: TrainOptions = TrainOptions(), *, fresh: bool = False,
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
@@ -685,12 +689,28 @@ def train_library(catalog: Catalog, store: FeatureStore, embedder: Any, models_r
 
     ``embedder`` is the index's :class:`indexer.sync.Embedder` (its text encoder tokenises and embeds
     sentences; its label vectors give the concept-tag baseline). Raises :class:`TrainingInterrupted`
-    when ``should_stop`` turns true (a checkpoint is saved first) and ``ValueError`` for a library
-    with too little video.
+    when ``should_stop`` turns true (a checkpoint is saved first), ``ValueError`` for a library
+    with too little video and :class:`TrainerBusyError` when another process trains here.
     """
-    t0 = time.perf_counter()
+    import fcntl
+
     models_root = Path(models_root)
     models_root.mkdir(parents=True, exist_ok=True)
+    # One trainer per data directory: two would both resume the same unfinished run.
+    fd = os.open(models_root / ".train.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainerBusyError(f"another `vidx train` is running on {models_root.parent}") from None
+        return _train_run(catalog, store, embedder, models_root, options, fresh, progress, should_stop)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _train_run(catalog: Catalog, store: FeatureStore, embedder: Any, models_root: Path, options: TrainOptions,
+               fresh: bool, progress: Progress | None, should_stop: Callable[[], bool] | None) -> TrainResult:
+    t0 = time.perf_counter()
     run_dir = None if fresh else find_unfinished(models_root)
     resumed = run_dir is not None
     if run_dir is not None:

@@ -269,3 +269,20 @@ def test_cli_train_fresh_run_activates_when_told(trained: Path, monkeypatch: pyt
         assert all(m.synced_version.endswith(f"+cbt/{active['cbt'].id}") for m in session.scalars(select(Media)).all())
     out = _cli(trained, "models", "--json")
     assert [(r["name"], r["active"]) for r in json.loads(out)] == [("run-0001", False)] * 2 + [("run-0002", True)] * 2
+
+
+def test_one_trainer_per_data_directory(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from indexer.train import TrainerBusyError
+
+    root = tmp_path / "models"
+    root.mkdir()
+    fd = os.open(root / ".train.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process's trainer, as far as flock can tell (a new open file)
+    try:
+        with pytest.raises(TrainerBusyError):
+            train_library(None, None, None, root)  # type: ignore[arg-type]
+    finally:
+        os.close(fd)

@@ -661,7 +661,7 @@ def train(
     """Build the visual vocabulary and train VideoBERT and CBT on the library; resumes an interrupted run."""
     import signal
 
-    from indexer.train import TrainingInterrupted, train_library
+    from indexer.train import TrainerBusyError, TrainingInterrupted, train_library
 
     _setup_logging(verbose)
     vapp = App(_settings(data_dir))
@@ -691,6 +691,9 @@ def train(
     except TrainingInterrupted as e:
         console.print(f"[yellow]{escape(str(e))}[/yellow]")
         raise typer.Exit(130) from e
+    except TrainerBusyError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(1) from e
     except ValueError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
