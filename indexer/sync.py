@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from indexer.embed import ClipEmbeddings, cached_label_embeddings, embed_clips, segments_to_words
@@ -172,6 +172,10 @@ def sync_index(
         ).all()
     indexed = {r.id: r for r in rows}
     if full:
+        # Unmark first: a backend that writes through (Qdrant) is empty from here on, and a
+        # rebuild that dies half way must leave every file for the next sync to redo.
+        with catalog.session() as session:
+            session.execute(update(Media).values(synced_at=None))
         vectors.clear()
     gone = vectors.media_ids() - set(indexed)
     if gone:
@@ -185,12 +189,15 @@ def sync_index(
         or r.synced_at is None
         or (r.indexed_at is not None and _aware(r.synced_at) < _aware(r.indexed_at))
     ]
+    synced: dict[int, Any] = {}
     for i, media_id in enumerate(sorted(stale)):
         if progress is not None:
             progress("embed", i / max(len(stale), 1))
         try:
-            report.upserted_points += _sync_media(catalog, store, vectors, embedder, media_id, force=full)
+            points, indexed_at = _sync_media(catalog, store, vectors, embedder, media_id, force=full)
+            report.upserted_points += points
             report.upserted_media += 1
+            synced[media_id] = indexed_at
         except ValueError as e:
             # A file whose feature files vanished: report it, keep the rest of the index moving.
             report.errors[media_id] = str(e)
@@ -202,8 +209,23 @@ def sync_index(
     else:
         report.lexical_documents = lexical.count()
     vectors.flush()
+    # Marked only now that the points are on disk: a sync that dies before its flush leaves these
+    # files unsynced in the catalog, and the next sync redoes them (upserts are idempotent).
+    _mark_synced(catalog, synced, embedder.version)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _mark_synced(catalog: Catalog, synced: dict[int, Any], version: str) -> None:
+    if not synced:
+        return
+    now = utcnow()
+    with catalog.session() as session:
+        for media in session.scalars(select(Media).where(Media.id.in_(synced))):
+            # Only if nobody re-indexed the file while we embedded it.
+            if media.indexed_at == synced[media.id]:
+                media.synced_version = version
+                media.synced_at = now
 
 
 def _aware(value: Any) -> Any:
@@ -215,7 +237,8 @@ def _aware(value: Any) -> Any:
 
 def _sync_media(
     catalog: Catalog, store: FeatureStore, vectors: VectorIndex, embedder: Embedder, media_id: int, *, force: bool
-) -> int:
+) -> tuple[int, Any]:
+    """Upsert one file's points (not yet flushed); returns their count and the ``indexed_at`` they reflect."""
     with catalog.session() as session:
         media = session.scalars(
             select(Media).where(Media.id == media_id).options(selectinload(Media.clips), selectinload(Media.segments))
@@ -257,13 +280,7 @@ def _sync_media(
         points.append(Point(id=point_id(key, index, version), vectors=vecs, payload=payload))
     vectors.delete_media([media_id])
     vectors.upsert(points)
-    with catalog.session() as session:
-        media = session.get(Media, media_id)
-        # Only mark synced if nobody re-indexed the file while we embedded it.
-        if media is not None and media.indexed_at == indexed_at:
-            media.synced_version = version
-            media.synced_at = utcnow()
-    return len(points)
+    return len(points), indexed_at
 
 
 def _rebuild_lexical(catalog: Catalog, store: FeatureStore, lexical: LexicalIndex, options: EmbedOptions) -> int:

@@ -144,11 +144,21 @@ class VectorIndex(ABC):
     def close(self) -> None:
         """Persist pending changes and release the storage."""
 
+    def discard(self) -> None:
+        """Release the storage, dropping changes not yet flushed (a backend that writes through
+        has none to drop)."""
+        self.close()
+
     def __enter__(self) -> VectorIndex:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # A block that failed half way (a cleared index half refilled, say) must not be published:
+        # what was flushed before stays, and the catalog marks only flushed media as synced.
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def open_index(
@@ -1214,11 +1224,17 @@ class FaissIndex(VectorIndex):
         self._sweep()
 
     def close(self) -> None:
+        self._close(flush=True)
+
+    def discard(self) -> None:
+        self._close(flush=False)
+
+    def _close(self, *, flush: bool) -> None:
         with self._lock:
             if self._closed:
                 return
             try:
-                if not self.read_only and self._dirty():
+                if flush and not self.read_only and self._dirty():
                     self._flush()
             finally:
                 self._closed = True

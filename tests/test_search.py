@@ -124,6 +124,36 @@ def test_cli_search_json_and_empty_library(tmp_path: Path, spoken_files) -> None
     assert json.loads(vidx("search", "sunny with a light breeze", "--limit", "2", "--json").stdout)[0]["media_path"] == results[0]["media_path"]
 
 
+def test_rebuild_that_dies_half_way_loses_nothing(library, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full rebuild killed after its first file: the next plain sync restores the whole index."""
+    import indexer.sync
+
+    app, engine = library
+    before = [(m.media_path, m.start, m.end) for m in engine.search("whisk eggs", SearchOptions(limit=5))]
+    count = engine.vectors.count()
+    engine.vectors.close()
+    real = indexer.sync._sync_media
+    calls = []
+
+    def dies_on_second(*args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(args[4])
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(indexer.sync, "_sync_media", dies_on_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        app.sync(full=True)
+    monkeypatch.setattr(indexer.sync, "_sync_media", real)
+    with app.catalog.session() as session:
+        assert all(m.synced_at is None for m in session.scalars(select(Media)))
+    report = app.sync()
+    assert report.upserted_media == 3 and not report.errors
+    engine.vectors = app.vectors(read_only=app.settings.vector_backend == "faiss")
+    assert engine.vectors.count() == count
+    assert [(m.media_path, m.start, m.end) for m in engine.search("whisk eggs", SearchOptions(limit=5))] == before
+
+
 def test_reindex_rebuilds_the_same_index(library) -> None:
     """Runs last in this module: it swaps the engine's index for the rebuilt one."""
     app, engine = library

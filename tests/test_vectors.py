@@ -262,6 +262,28 @@ def test_persistence(backend: str, tmp_path: Path) -> None:
         assert idx.count() == 0
 
 
+def test_failed_block_publishes_nothing_unflushed(tmp_path: Path) -> None:
+    """FAISS: a ``with`` block that raises drops its unflushed writes (a cleared index is not published)."""
+    points, _ = make_points(100, seed=21)
+    with open_backend("faiss", tmp_path) as idx:
+        idx.upsert(points)
+    with pytest.raises(RuntimeError, match="boom"):
+        with open_backend("faiss", tmp_path) as idx:
+            idx.clear()
+            idx.upsert(points[:10])
+            raise RuntimeError("boom")
+    with open_backend("faiss", tmp_path) as idx:
+        assert idx.count() == 100  # the lock was released, and the old generation stands
+        idx.delete_media([0])
+        idx.flush()
+        with pytest.raises(RuntimeError, match="boom"):
+            with idx:
+                idx.delete_media([1])
+                raise RuntimeError("boom")
+    with open_backend("faiss", tmp_path) as idx:
+        assert idx.media_ids() == {m for m in range(100 // PER_MEDIA)} - {0}
+
+
 def test_validation(index: VectorIndex) -> None:
     points, _ = make_points(3)
     index.upsert(points)
