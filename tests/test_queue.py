@@ -225,6 +225,26 @@ def test_queued_batch_matches_embedded_ingest(
     embedded.catalog.dispose()
 
 
+@pytest.mark.integration
+def test_dev_media_through_two_worker_processes_matches_embedded(deployment: Deployment, tmp_path: Path, shared_media: Path) -> None:
+    """Real third-party media (speech, hard cuts, no audio, 1080p) through `-c 2`: the same catalog as embedded."""
+    from indexer.pipeline import ingest_file
+    from vidx.app import App
+    from vidx.settings import Settings
+
+    files = [shared_media / n for n in ("jfk.wav", "bikes.mp4", "carphone.mp4", "deer.mp4")]
+    deployment.worker("--concurrency", "2")
+    ids = deployment.enqueue(*files)
+    jobs = deployment.wait(ids, timeout=400)
+    assert all(j.outcome == "indexed" for j in jobs.values()), [(j.path, j.error) for j in jobs.values()]
+    embedded = App(Settings(data_dir=tmp_path / "embedded", threads=1, database_url=None))
+    for f in files:
+        assert ingest_file(f, embedded.catalog, embedded.store, embedded.ingest_options(), embedder=embedded.embedder).status == "indexed"
+    assert _snapshot(deployment.catalog) == _snapshot(embedded.catalog)
+    _assert_one_clean_copy(deployment.catalog)
+    embedded.catalog.dispose()
+
+
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 s of moving test pattern with speech on the audio: long enough to kill a worker in the middle."""

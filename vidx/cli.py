@@ -269,8 +269,9 @@ def worker(
     from indexer.tasks import create_app, run_worker
 
     settings = _settings(data_dir)
-    if settings.threads == 0:
+    if settings.threads == 0 and concurrency > 1:
         # Each child gets its share of the cores: N processes with all cores each would thrash.
+        # One child keeps "0 = automatic", exactly the embedded default's options.
         settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // concurrency)})
     vapp = App(settings)
     try:
