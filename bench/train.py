@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# The script's own folder must not shadow the standard library (bench/queue.py would hide `queue`).
+# Imports resolve from the repository root, not from bench/ (where a script could shadow a module).
 sys.path[0] = str(REPO)
 CONFIGS = {"baseline": (False, False), "rerank": (False, True), "cbt": (True, False), "cbt+rerank": (True, True)}
 

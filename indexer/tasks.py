@@ -301,7 +301,7 @@ def _sync_task(task: Task) -> int:
 
 
 def _ping_task(task: Task, job_id: int, stage: str) -> str:
-    """A stage that does no work: the queue's own cost per stage (bench/queue.py measures it)."""
+    """A stage that does no work: the queue's own cost per stage (bench/queue_throughput.py measures it)."""
     config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
     ctx = _context(config)
     owner = worker_id()

@@ -3,7 +3,7 @@
 All in one run, on the same batch, each mode into a fresh data directory (and, for the queue,
 a fresh PostgreSQL database and queue names on the given Redis):
 
-    .venv/bin/python bench/queue.py ../shared/media --workers 1,2 --pings 200
+    .venv/bin/python bench/queue_throughput.py ../shared/media --workers 1,2 --pings 200
 
   embedded  `vidx ingest FILES` (SQLite + FAISS, one process), wall time of the command
   queue-N   `vidx worker -c N` started, `vidx ingest --queue FILES`, until every job ended and the
@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-# This file is named like the stdlib's `queue`: drop bench/ from the import path before anything imports it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json
