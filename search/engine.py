@@ -134,7 +134,20 @@ class SearchEngine:
         self.lexical = lexical
         self.encode = encode
         self.last_timings: dict[str, float] = {}
-        self._lexical_pool: ThreadPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vidx-search")
+        return self._threads
+
+    def _dense_search(self, name: str, vector: np.ndarray, limit: int, flt: Filter) -> tuple[list[Candidate], float]:
+        t = time.perf_counter()
+        found = self.vectors.search(name, vector, limit, flt)
+        return (
+            [Candidate((int(h.payload["media_id"]), int(h.payload["clip_index"])), h.score) for h in found],
+            time.perf_counter() - t,
+        )
 
     def _lexical_search(
         self, query: str, limit: int, allowed: frozenset[int] | None, has_speech: bool | None
@@ -178,21 +191,24 @@ class SearchEngine:
             # BM25 (numpy) runs beside the query embedding (torch): both release the GIL, and
             # neither needs the other, so the two cores each take one.
             if dense:
-                if self._lexical_pool is None:
-                    self._lexical_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidx-lexical")
-                lexical = self._lexical_pool.submit(self._lexical_search, query, options.candidates, allowed, has_speech)
+                lexical = self._pool().submit(self._lexical_search, query, options.candidates, allowed, has_speech)
             else:
                 lists["lexical"], timings["lexical"] = self._lexical_search(query, options.candidates, allowed, has_speech)
         if dense:
             t = time.perf_counter()
             vector = self.encode([query])[0]
             timings["embed"] = time.perf_counter() - t
-        for name in dense:
-            t = time.perf_counter()
-            flt = Filter(media_ids=allowed, has_speech=has_speech)
-            found = self.vectors.search(name, vector, options.candidates, flt)
-            lists[name] = [Candidate((int(h.payload["media_id"]), int(h.payload["clip_index"])), h.score) for h in found]
-            timings[name] = time.perf_counter() - t
+        flt = Filter(media_ids=allowed, has_speech=has_speech)
+        # The other vector names are searched in the pool while this thread takes the first:
+        # a FAISS reader searches without its lock, so they share the two cores.
+        split = 1 if self.vectors.concurrent_search else len(dense)
+        others = {
+            name: self._pool().submit(self._dense_search, name, vector, options.candidates, flt) for name in dense[split:]
+        }
+        for name in dense[:split]:
+            lists[name], timings[name] = self._dense_search(name, vector, options.candidates, flt)
+        for name, future in others.items():
+            lists[name], timings[name] = future.result()
         if lexical is not None:
             t = time.perf_counter()
             lists["lexical"], timings["lexical"] = lexical.result()

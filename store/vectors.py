@@ -149,6 +149,11 @@ class VectorIndex(ABC):
         has none to drop)."""
         self.close()
 
+    @property
+    def concurrent_search(self) -> bool:
+        """Whether searches from several threads run in parallel (else callers should not bother)."""
+        return False
+
     def __enter__(self) -> VectorIndex:
         return self
 
@@ -1029,33 +1034,50 @@ class FaissIndex(VectorIndex):
         q = _check_queries(self.dims, name, queries)
         limit = _check_limit(limit)
         filter = _check_filter(filter)
-        with self._lock:
-            self._check_open()
-            empty: list[list[Hit]] = [[] for _ in range(len(q))]
-            if not len(q) or (filter is not None and filter.media_ids is not None and not filter.media_ids):
-                return empty
-            index = self._ensure_ready(name)
-            nm = self._named[name]
-            if nm.live == 0:
-                return empty
-            sel = self._select(name, filter)
-            n_sel = nm.live if sel is None else sel.count
-            if n_sel == 0:
-                return empty
-            k = min(limit, n_sel)
-            if not self._is_hnsw(index):
-                if sel is None:
-                    with self._few_threads(len(q)):
-                        D, Idx = index.search(q, k)
-                else:
-                    D, Idx = self._exact_subset(index, q, k, sel)
-            else:
-                D, Idx = self._search_hnsw(index, q, k, sel)
-            labels = nm.labels
-            out: list[list[Hit]] = []
-            for drow, irow in zip(D, Idx):
-                out.append([self._hit(int(labels[i]), s) for s, i in zip(drow.tolist(), irow.tolist()) if i >= 0])
-            return out
+        empty: list[list[Hit]] = [[] for _ in range(len(q))]
+        if not len(q) or (filter is not None and filter.media_ids is not None and not filter.media_ids):
+            with self._lock:
+                self._check_open()
+            return empty
+        while True:
+            with self._lock:
+                self._check_open()
+                index = self._ensure_ready(name)
+                nm = self._named[name]
+                if nm.live == 0:
+                    return empty
+                sel = self._select(name, filter)
+                n_sel = nm.live if sel is None else sel.count
+                if n_sel == 0:
+                    return empty
+                k = min(limit, n_sel)
+                gen = self._gen
+                if not self.read_only:
+                    D, Idx = self._search_index(index, q, k, sel)
+            if self.read_only:
+                # Nothing in this process writes a reader's index, and FAISS releases the GIL while
+                # it searches: two searches (the engine's speech and visual) run on two cores.
+                D, Idx = self._search_index(index, q, k, sel)
+            with self._lock:
+                if self._gen != gen:
+                    continue  # the reader reloaded a new generation meanwhile: its rows moved
+                labels = nm.labels
+                return [
+                    [self._hit(int(labels[i]), s) for s, i in zip(drow.tolist(), irow.tolist()) if i >= 0]
+                    for drow, irow in zip(D, Idx)
+                ]
+
+    @property
+    def concurrent_search(self) -> bool:
+        return self.read_only  # see search_batch: readers search outside the lock
+
+    def _search_index(self, index: Any, q: np.ndarray, k: int, sel: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
+        if self._is_hnsw(index):
+            return self._search_hnsw(index, q, k, sel)
+        if sel is None:
+            with self._few_threads(len(q)):
+                return index.search(q, k)
+        return self._exact_subset(index, q, k, sel)
 
     @contextlib.contextmanager
     def _few_threads(self, n_queries: int) -> Iterator[None]:

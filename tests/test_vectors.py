@@ -483,6 +483,31 @@ def test_faiss_single_writer_and_readers(tmp_path: Path) -> None:
         FaissIndex(tmp_path / "nothing", DIMS, read_only=True)
 
 
+def test_faiss_reader_searches_from_many_threads(tmp_path: Path) -> None:
+    """Readers search outside their lock: threads in parallel get exactly the serial answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    points, _ = make_points(3000, seed=40, no_visual_every=3)
+    with FaissIndex(tmp_path / "idx", DIMS, hnsw_threshold=1000) as writer:
+        writer.upsert(points)
+    qs = unit(np.random.default_rng(41), 40, DIMS["speech"])
+    with FaissIndex(tmp_path / "idx", DIMS, read_only=True) as reader:
+        assert reader.concurrent_search
+        jobs = [(name, i, flt) for name in ("speech", "visual") for i in range(40)
+                for flt in (None, Filter(has_speech=True), Filter(media_ids=frozenset({3, 9})))]
+
+        def run(job):  # type: ignore[no-untyped-def]
+            name, i, flt = job
+            return [(h.id, round(h.score, 5)) for h in reader.search(name, qs[i][: DIMS[name]], 10, flt)]
+
+        serial = [run(job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parallel = list(pool.map(run, jobs))
+        assert parallel == serial and all(serial)
+    with FaissIndex(tmp_path / "idx", DIMS) as writer:
+        assert not writer.concurrent_search
+
+
 def test_qdrant_needs_one_location(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         QdrantIndex(DIMS)
