@@ -194,6 +194,13 @@ def test_queued_batch_matches_embedded_ingest(
     listing_cli = deployment.vidx("jobs", "--json")
     rows = {r["id"]: r for r in json.loads(listing_cli.stdout)}
     assert rows[ids[0]]["state"] == "failed" and rows[ids[0]]["reason"] == bad.error
+    # A failed job can be put back by id (and fails again, one attempt more); a done one cannot.
+    retried = deployment.vidx("jobs", "retry", str(ids[0]))
+    assert retried.returncode == 0 and "requeued 1" in retried.stderr, retried.stderr
+    again = deployment.wait([ids[0]], timeout=120)[ids[0]]
+    assert again.state == JobState.FAILED and again.attempts == 2 and again.error == bad.error
+    refused = deployment.vidx("jobs", "retry", str(ids[1]))
+    assert refused.returncode == 1 and "only failed" in refused.stderr
 
     # Models loaded in the worker's child, never in its parent (CTranslate2 comes with Whisper).
     children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
