@@ -207,6 +207,8 @@ def retry_job(catalog: Catalog, job_id: int) -> None:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise ValueError(f"no job {job_id}")
+        if job.kind != "ingest":
+            raise ValueError(f"job {job_id} is a {job.kind} job; only ingest jobs go through the queue")
         if job.state in (JobState.DONE, JobState.SKIPPED):
             raise ValueError(f"job {job_id} is {job.state}; only failed or stuck jobs can be retried")
         job.state = JobState.QUEUED
@@ -222,6 +224,7 @@ def retry_job(catalog: Catalog, job_id: int) -> None:
 @dataclass
 class JobView:
     id: int
+    kind: str
     path: str | None
     state: str
     stage: str | None
@@ -252,7 +255,7 @@ def list_jobs(
     with catalog.session() as session:
         return [
             JobView(
-                id=j.id, path=j.path, state=j.state, stage=j.stage, progress=j.progress or 0.0, attempts=j.attempts,
+                id=j.id, kind=j.kind, path=j.path, state=j.state, stage=j.stage, progress=j.progress or 0.0, attempts=j.attempts,
                 outcome=j.outcome, reason=j.error or j.detail, media_id=j.media_id, batch=j.batch, worker=j.worker,
                 created_at=j.created_at, finished_at=j.finished_at,
             )

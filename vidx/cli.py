@@ -319,7 +319,7 @@ def jobs(
     rows = list_jobs(vapp.catalog, batch=batch, states=[state] if state else None, limit=limit)
     if as_json:
         typer.echo(json.dumps([
-            {"id": j.id, "path": j.path, "state": j.state, "stage": j.stage, "progress": round(j.progress, 3),
+            {"id": j.id, "kind": j.kind, "path": j.path, "state": j.state, "stage": j.stage, "progress": round(j.progress, 3),
              "attempts": j.attempts, "outcome": j.outcome, "reason": j.reason, "media_id": j.media_id,
              "batch": j.batch, "worker": j.worker} for j in rows
         ], indent=2))
@@ -335,7 +335,7 @@ def jobs(
         st = f"[{colours[j.state]}]{j.state}[/{colours[j.state]}]" if j.state in colours else j.state
         if j.outcome == "duplicate":
             st += " [yellow](duplicate)[/yellow]"
-        where = escape(j.path or "")
+        where = escape(j.path or "") if j.kind == "ingest" else f"[dim]{escape(j.kind)}[/dim] {escape(j.path or '')}"
         if j.reason:
             where += f"\n[{'red' if j.state == 'failed' else 'dim'}]{escape(j.reason)}[/]"
         table.add_row(str(j.id), st, j.stage or "-", f"{j.progress * 100:.0f}%", str(j.attempts), where)
