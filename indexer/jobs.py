@@ -235,8 +235,16 @@ class JobView:
     media_id: int | None
     batch: str | None
     worker: str | None
+    heartbeat_at: datetime | None
     created_at: datetime | None
     finished_at: datetime | None
+
+    def silent_for(self) -> float | None:
+        """Seconds since a running job's last heartbeat (None when it is not running)."""
+        beat = _aware(self.heartbeat_at)
+        if self.state != JobState.RUNNING or beat is None:
+            return None
+        return (utcnow() - beat).total_seconds()
 
 
 def list_jobs(
@@ -257,6 +265,7 @@ def list_jobs(
             JobView(
                 id=j.id, kind=j.kind, path=j.path, state=j.state, stage=j.stage, progress=j.progress or 0.0, attempts=j.attempts,
                 outcome=j.outcome, reason=j.error or j.detail, media_id=j.media_id, batch=j.batch, worker=j.worker,
+                heartbeat_at=j.heartbeat_at,
                 created_at=j.created_at, finished_at=j.finished_at,
             )
             for j in session.scalars(query)

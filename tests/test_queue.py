@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from sqlalchemy import func, select
 
 import migrations
 from conftest import _postgres_url, espeak, run_ffmpeg
-from indexer.jobs import begin_stage, create_jobs, end_stage
-from store.catalog import Catalog, Clip, Job, JobState, Media, MediaStatus, TranscriptSegment
+from indexer.jobs import begin_stage, create_jobs, end_stage, list_jobs
+from store.catalog import Catalog, Clip, Job, JobState, Media, MediaStatus, TranscriptSegment, utcnow
 
 REDIS_URL = os.environ.get("VIDX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("VIDX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -439,6 +440,9 @@ def test_stage_ownership_and_takeover(tmp_path: Path) -> None:
     dead.wait()
     ghost = f"{socket.gethostname()}:{dead.pid}"
     assert begin_stage(catalog, job_id, "analyse", ghost) == "run"
+    with catalog.session() as s:
+        s.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=90)
+    assert list_jobs(catalog, ids=[job_id])[0].silent_for() > 89  # `vidx jobs` flags it
     # The ghost's pid is gone: the next worker takes over at once and counts an attempt.
     assert begin_stage(catalog, job_id, "analyse", me, max_attempts=3) == "run"
     with catalog.session() as s:

@@ -335,6 +335,10 @@ def jobs(
         st = f"[{colours[j.state]}]{j.state}[/{colours[j.state]}]" if j.state in colours else j.state
         if j.outcome == "duplicate":
             st += " [yellow](duplicate)[/yellow]"
+        silent = j.silent_for()
+        if silent is not None and silent > vapp.settings.queue_heartbeat_timeout:
+            # Its worker died: Redis gives the task back after the visibility timeout, or retry it.
+            st += f" [yellow](no heartbeat for {silent:.0f} s)[/yellow]"
         where = escape(j.path or "") if j.kind == "ingest" else f"[dim]{escape(j.kind)}[/dim] {escape(j.path or '')}"
         if j.reason:
             where += f"\n[{'red' if j.state == 'failed' else 'dim'}]{escape(j.reason)}[/]"
