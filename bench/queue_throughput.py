@@ -72,6 +72,17 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _drop_keys(broker: str, prefix: str) -> None:
+    """Remove this run's queues and kombu bindings from a shared Redis."""
+    if not broker.startswith("redis://"):
+        return
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    for key in list(client.scan_iter(f"*{prefix}*")):
+        client.delete(key)
+
+
 def run_embedded(files: list[Path], tmp: Path) -> dict[str, float]:
     env = _env(VIDX_DATA_DIR=str(tmp / "embedded"))
     t0 = time.perf_counter()
@@ -125,8 +136,8 @@ def _wait_synced(catalog: Catalog, timeout: float) -> None:
 def run_queue(files: list[Path], tmp: Path, broker: str, processes: int, timeout: float) -> dict[str, float]:
     db = FreshDatabase()
     data = tmp / f"queue-{processes}"
-    env = _env(VIDX_BROKER_URL=broker, VIDX_DATABASE_URL=db.url, VIDX_DATA_DIR=str(data),
-               VIDX_QUEUE_PREFIX=f"bench-{uuid.uuid4().hex[:8]}")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    env = _env(VIDX_BROKER_URL=broker, VIDX_DATABASE_URL=db.url, VIDX_DATA_DIR=str(data), VIDX_QUEUE_PREFIX=prefix)
     catalog = Catalog(db.url)
     migrations.upgrade(catalog.engine)
     t0 = time.perf_counter()
@@ -145,6 +156,7 @@ def run_queue(files: list[Path], tmp: Path, broker: str, processes: int, timeout
         workers.stop()
         catalog.dispose()
         db.drop()
+        _drop_keys(broker, prefix)
     # wall_s counts from the worker's start (boot, models) like the embedded command's wall;
     # after_enqueue_s from the moment `ingest --queue` returned (workers booted meanwhile).
     return {"wall_s": wall, "after_enqueue_s": wall - (t_enqueued - t0),
@@ -175,6 +187,7 @@ def run_overhead(tmp: Path, broker: str, pings: int) -> dict[str, float]:
         workers.stop()
         catalog.dispose()
         db.drop()
+        _drop_keys(broker, prefix)
     return {"pings": pings, "wall_s": wall, "per_file_ms": 1000 * wall / pings, "per_stage_ms": 1000 * wall / pings / 4}
 
 

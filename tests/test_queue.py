@@ -120,6 +120,17 @@ class Deployment:
             if proc.poll() is None:
                 self.kill(proc, signal.SIGTERM)
         self.catalog.dispose()
+        if self.env["VIDX_BROKER_URL"].startswith("redis://"):
+            # The shared Redis keeps kombu's bindings and any leftover messages per queue name: drop ours.
+            import redis
+
+            prefix = self.env["VIDX_QUEUE_PREFIX"]
+            try:
+                client = redis.Redis.from_url(self.env["VIDX_BROKER_URL"], socket_connect_timeout=2)
+                for key in list(client.scan_iter(f"*{prefix}*")):
+                    client.delete(key)
+            except redis.RedisError:
+                pass
 
 
 @pytest.fixture()
