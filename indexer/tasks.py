@@ -65,6 +65,8 @@ class QueueConfig:
     max_tasks_per_child: int = 200
     # The sync waits this long after a write, so files that finish together share one sync.
     sync_countdown: float = 2.0
+    # Where an active trained CBT model runs when the sync computes `visual` vectors.
+    train_device: str = "cpu"
 
     @property
     def ingest_queue(self) -> str:
@@ -121,6 +123,25 @@ class _Context:
         # Models load lazily inside the Embedder, the backbone and Whisper caches: in this process only.
         self.embedder: Embedder = Embedder(config.embed)
         self.env = StageEnv(self.catalog, self.store, config.ingest, self.embedder)
+        self._sync_embedder: Embedder | None = None
+        self._sync_model: int | None = None
+
+    def sync_embedder(self) -> Embedder:
+        """The index sync's embedder, as `vidx` builds it: with the active trained CBT, if any.
+
+        Looked up at every sync, so `vidx models activate` on any host is followed by the
+        workers; otherwise a worker would write the untrained version back over the new one.
+        """
+        from indexer.sync import Embedder
+        from indexer.trained import CbtVisual, active_versions
+
+        record = active_versions(self.catalog, self.config.data_dir / "models").get("cbt")
+        model_id = record.id if record is not None else None
+        if self._sync_embedder is None or model_id != self._sync_model:
+            visual = CbtVisual(record, device=self.config.train_device) if record is not None else None
+            self._sync_embedder = Embedder(self.config.embed, visual_model=visual)
+            self._sync_model = model_id
+        return self._sync_embedder
 
 
 _context_cache: dict[int, _Context] = {}
@@ -281,7 +302,8 @@ def _sync_task(task: Task) -> int:
 
     config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
     ctx = _context(config)
-    if not stale_media(ctx.catalog, _version(ctx.embedder)):
+    embedder = ctx.sync_embedder()
+    if not stale_media(ctx.catalog, _version(embedder)):
         return 0
     try:
         with _sync_lock(ctx.catalog) as got:
@@ -289,7 +311,7 @@ def _sync_task(task: Task) -> int:
                 # Another sync runs: it may have read the stale list before our file, so come back.
                 _retry(task, 0, 0, 5.0)
             with open_vectors(config) as vectors:
-                report = sync_index(ctx.catalog, ctx.store, vectors, ctx.lexical, ctx.embedder)
+                report = sync_index(ctx.catalog, ctx.store, vectors, ctx.lexical, embedder)
     except IndexLockedError:
         _retry(task, 0, 0, 5.0)
     except TRANSIENT as e:

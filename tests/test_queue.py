@@ -508,3 +508,25 @@ def test_transient_error_releases_the_stage_and_the_retry_counts_an_attempt(tmp_
         job = s.get(Job, job_id)
         assert job.state == JobState.FAILED and job.attempts == 2
     catalog.dispose()
+
+
+def test_worker_sync_follows_the_active_trained_model(tmp_path: Path) -> None:
+    """The workers' index sync uses the model `vidx models activate` switched on, like `vidx` does."""
+    from indexer.sync import EMBEDDING_VERSION
+    from indexer.tasks import QueueConfig, _Context
+    from indexer.trained import register, set_active
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    catalog = Catalog(url)
+    migrations.upgrade(catalog.engine)
+    ctx = _Context(QueueConfig(broker_url="redis://127.0.0.1:1/0", database_url=url, data_dir=tmp_path))
+    assert ctx.sync_embedder().version == EMBEDDING_VERSION
+    models = tmp_path / "models"
+    (models / "run1").mkdir(parents=True)
+    model_id = register(catalog, models, "cbt", "run1", models / "run1" / "cbt.pt", {})
+    set_active(catalog, {"cbt": model_id})
+    assert ctx.sync_embedder().version == f"{EMBEDDING_VERSION}+cbt/{model_id}"  # the model itself loads lazily
+    set_active(catalog, {"cbt": None})
+    assert ctx.sync_embedder().version == EMBEDDING_VERSION
+    ctx.catalog.dispose()
+    catalog.dispose()

@@ -151,6 +151,7 @@ class App:
             max_attempts=s.queue_max_attempts,
             max_memory_per_child_mb=s.worker_max_memory_mb,
             max_tasks_per_child=s.worker_max_tasks_per_child,
+            train_device=s.train_device,
         )
 
     def sync(self, *, full: bool = False, progress=None) -> SyncReport:  # type: ignore[no-untyped-def]
