@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -603,12 +604,17 @@ def plain(value: Any, where: str = "extra") -> Any:
     numpy scalars and arrays become Python numbers and lists; anything else is a ValueError now, at save
     time, rather than an unreadable checkpoint later.
     """
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+    # numpy scalars first: np.float64 and np.str_ subclass float and str, and weights_only loading rejects them
+    if isinstance(value, np.generic):
+        return plain(value.item(), where)
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist(), where)
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
         return value
-    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
-        return value.item()  # numpy scalar
-    if hasattr(value, "tolist") and hasattr(value, "dtype"):
-        return value.tolist()  # numpy array
+    if isinstance(value, (bool, int, float, str)):  # other subclasses (IntEnum, ...): the plain base value
+        for base in (bool, int, float, str):
+            if isinstance(value, base):
+                return base(value)
     if isinstance(value, (list, tuple)):
         return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):

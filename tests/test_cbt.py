@@ -197,6 +197,12 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     feats, pad, _ = Toy().batch(3, torch.Generator().manual_seed(4))
     model.eval()
     assert torch.equal(model.embed_clips(feats, pad), loaded.embed_clips(feats, pad))
+    # numpy scalars (np.float64 / np.str_ subclass float / str) are stored as plain values weights_only can load.
+    save_checkpoint(tmp_path / "np.pt", model, c, {"r1": np.float64(0.25), "n": np.int64(3), "ok": np.bool_(True),
+                                                   "m": {"name": np.str_("a"), "l": [np.float64(1.0)]}})
+    got = load_checkpoint(tmp_path / "np.pt")[2]
+    assert got == {"r1": 0.25, "n": 3, "ok": True, "m": {"name": "a", "l": [1.0]}}
+    assert type(got["r1"]) is float and type(got["n"]) is int and type(got["m"]["name"]) is str
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a CBT checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

@@ -262,6 +262,22 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "np.pt")[2] == {"auc": 0.75, "hist": [0, 1, 2]}
     with pytest.raises(ValueError, match="extra.bad"):
         save_checkpoint(tmp_path / "bad.pt", model, c, {"bad": object()})
+    # np.float64 and np.str_ subclass float and str: they too must become plain Python values, nested included.
+    numpy_extra = {"f": np.float64(0.5), "i": np.int64(7), "s": np.str_("vocab.npz"), "b": np.bool_(True),
+                   "nested": {"l": [np.float64(1.5), (np.int64(2), np.str_("x"))], "d": {"b": np.bool_(False)}}}
+    save_checkpoint(tmp_path / "np64.pt", model, c, numpy_extra)
+    got64 = load_checkpoint(tmp_path / "np64.pt")[2]
+    assert got64 == {"f": 0.5, "i": 7, "s": "vocab.npz", "b": True,
+                     "nested": {"l": [1.5, [2, "x"]], "d": {"b": False}}}
+
+    def types(v: object) -> list[type]:
+        if isinstance(v, dict):
+            return [t for x in v.values() for t in types(x)]
+        if isinstance(v, list):
+            return [t for x in v for t in types(x)]
+        return [type(v)]
+
+    assert set(types(got64)) == {float, int, str, bool}
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a VideoBERT checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
