@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from indexer.trained import KINDS, assign_visual_tokens, register, resolve_device
+from indexer.trained import KINDS, assign_visual_tokens, check_device, register, resolve_device
 from indexer.training_data import HELDOUT, TRAIN, DataOptions, Pair, Sequence_, TrainingData, prepare
 from store.catalog import Catalog, Job, JobState, utcnow
 from store.features import FeatureStore
@@ -43,7 +43,7 @@ class TrainOptions:
     warmup_fraction: float = 0.1
     checkpoint_seconds: float = 60.0
     seed: int = 0
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
     activate: Literal["auto", "always", "never"] = "auto"
 
@@ -56,6 +56,7 @@ class TrainOptions:
             raise ValueError(f"activate must be auto, always or never, got {self.activate!r}")
         if not 1 <= self.videobert_layers <= 6:
             raise ValueError(f"videobert_layers must be in 1..6 (MiniLM has 6), got {self.videobert_layers}")
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

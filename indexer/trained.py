@@ -40,13 +40,27 @@ class ModelRecord:
         return self.run_dir / "vocab.npz"
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """device unchanged when it is auto, cpu or cuda, else a ValueError saying what was expected."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; anything else is passed through."""
-    if device != "auto":
-        return device
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cpu" and "cuda" as given. A ValueError for any
+    other value, and for "cuda" when torch sees no GPU (one line, rather than a torch traceback later)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA requested but torch sees no GPU (use --device cpu or auto)")
+    return device
 
 
 def _record(row: ModelVersion, models_root: Path) -> ModelRecord:

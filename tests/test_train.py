@@ -286,3 +286,59 @@ def test_one_trainer_per_data_directory(tmp_path: Path) -> None:
             train_library(None, None, None, root)  # type: ignore[arg-type]
     finally:
         os.close(fd)
+
+
+def test_train_device_is_checked_with_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from indexer.train import TrainOptions
+    from indexer.trained import resolve_device
+    from vidx.cli import app as cli
+
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'gpu'"):
+        TrainOptions(device="gpu")  # type: ignore[arg-type]
+    data_dir = str(tmp_path / "lib")
+    res = CliRunner().invoke(cli, ["train", "--device", "gpu", "--data-dir", data_dir])
+    assert res.exit_code == 2 and "device must be auto, cpu or cuda" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not isinstance(res.exception, ValueError)  # handled: a typer exit, not the error itself
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA requested but torch sees no GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
+    res = CliRunner().invoke(cli, ["train", "--device", "cuda", "--data-dir", data_dir])
+    assert res.exit_code == 2 and "CUDA requested but torch sees no GPU" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    monkeypatch.setenv("VIDX_TRAIN_DEVICE", "gpu")
+    res = CliRunner().invoke(cli, ["train", "--data-dir", data_dir])
+    assert res.exit_code == 2 and "bad VIDX_ setting" in res.output, res.output
+
+
+def test_cli_train_when_the_index_is_busy_keeps_the_run_and_says_how_to_activate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training succeeded but another process holds the index's writer lock: a warning, not a traceback."""
+    from types import SimpleNamespace
+
+    import indexer.train
+    from store.vectors import IndexLockedError
+    from vidx.app import App
+    from vidx.cli import app as cli
+
+    keys = ("visual_mlm_acc", "visual_mlm_baseline_acc", "text_mlm_acc", "align_auc", "cbt_v2t_r1", "cbt_t2v_r1",
+            "conse_v2t_r1", "conse_t2v_r1", "align_t2v_r1")
+    result = SimpleNamespace(run="run-0007", job_id=3, resumed=False, seconds=1.0, versions={"videobert": 5, "cbt": 6},
+                             recommended={"videobert": True, "cbt": True}, metrics={"heldout": dict.fromkeys(keys, 0.5)})
+    monkeypatch.setattr(indexer.train, "train_library", lambda *a, **k: result)
+
+    def locked(self: App, active: dict, **kw: object) -> None:
+        raise IndexLockedError("index is open for writing by another process")
+
+    monkeypatch.setattr(App, "switch_models", locked)
+    res = CliRunner().invoke(cli, ["train", "--device", "cpu", "--json", "--data-dir", str(tmp_path / "lib")])
+    assert res.exit_code == 0, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert ("trained and registered as run-0007; the index is busy: run `vidx models activate run-0007` later"
+            in res.stderr)
+    assert "Traceback" not in res.output
+    report = json.loads(res.stdout)
+    assert report["activated"] == [] and report["activation_pending"] == ["cbt", "videobert"]

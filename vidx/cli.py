@@ -667,11 +667,13 @@ def train(
     import signal
 
     from indexer.train import TrainerBusyError, TrainingInterrupted, train_library
+    from indexer.trained import resolve_device
 
     _setup_logging(verbose)
     vapp = App(_settings(data_dir))
     try:
         options = vapp.train_options(videobert_steps=videobert_steps, cbt_steps=cbt_steps, activate=activate, device=device)
+        resolve_device(options.device)  # "cuda" on a machine where torch sees no GPU: one line now, not a traceback later
     except ValueError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
@@ -718,17 +720,27 @@ def train(
         f"R@1 CBT {fmt(h['cbt_v2t_r1'])}/{fmt(h['cbt_t2v_r1'])} vs concept tags {fmt(h['conse_v2t_r1'])}/{fmt(h['conse_t2v_r1'])} "
         f"(video->text/text->video), alignment text->video {fmt(h['align_t2v_r1'])}"
     )
+    from store.vectors import IndexLockedError
+
     switch = {kind: result.versions[kind] for kind, on in result.recommended.items() if on}
+    pending: list[str] = []
     if switch:
-        report = vapp.switch_models(switch)
-        console.print(f"activated {', '.join(switch)}; search index rebuilt ({report.upserted_points} clips)")
-    if len(switch) < len(result.recommended):
+        try:
+            report = vapp.switch_models(switch)
+        except IndexLockedError:  # another process is writing the index; nothing was switched, the run is kept
+            pending, switch = sorted(switch), {}
+            console.print(f"[yellow]warning:[/yellow] trained and registered as {result.run}; the index is busy: "
+                          f"run `vidx models activate {result.run}` later")
+        else:
+            console.print(f"activated {', '.join(switch)}; search index rebuilt ({report.upserted_points} clips)")
+    if len(switch) + len(pending) < len(result.recommended):
         off = [k for k, on in result.recommended.items() if not on]
         console.print(f"left off: {', '.join(off)} (did not beat the baseline on held-out data, or --activate never); "
                       f"`vidx models activate {result.run}` switches them on anyway")
     if as_json:
         typer.echo(json.dumps({"run": result.run, "job_id": result.job_id, "versions": result.versions,
-                               "activated": sorted(switch), "metrics": result.metrics}, indent=2))
+                               "activated": sorted(switch), "activation_pending": pending,
+                               "metrics": result.metrics}, indent=2))
 
 
 models_app = typer.Typer(help="Trained model versions: list them, activate one, deactivate.", invoke_without_command=True)

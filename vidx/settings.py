@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     train_vocab_min_per_leaf: int = Field(default=6, ge=1, le=10_000)
     train_heldout_fraction: float = Field(default=0.2, ge=0, lt=1)
     train_seed: int = 0
-    train_device: str = "auto"
+    train_device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: switch a trained model on only when it beats the baseline it replaces on held-out data.
     train_activate: Literal["auto", "always", "never"] = "auto"
     rerank: bool = True
