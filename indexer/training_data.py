@@ -171,6 +171,12 @@ def _unit_hash(content_hash: str, block: int, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def clip_blocks(clip_times: np.ndarray, block_seconds: float) -> np.ndarray:
+    """The split block of every clip: its midpoint's block (a clip straddling a boundary has one block)."""
+    mids = clip_times.mean(axis=1) if len(clip_times) else np.zeros(0)
+    return np.floor(mids / block_seconds).astype(np.int64)
+
+
 def assign_splits(media: Sequence[MediaItem], options: DataOptions) -> None:
     """Set ``clip_split`` on every item: deterministic per (content hash, block, seed), independent of the library.
 
@@ -180,8 +186,7 @@ def assign_splits(media: Sequence[MediaItem], options: DataOptions) -> None:
     units: dict[bool, dict[tuple[str, int], float]] = {True: {}, False: {}}
     blocks_of: list[np.ndarray] = []
     for m in media:
-        mids = m.clip_times.mean(axis=1) if len(m.clip_times) else np.zeros(0)
-        blocks = np.floor(mids / options.split_block_seconds).astype(np.int64)
+        blocks = clip_blocks(m.clip_times, options.split_block_seconds)
         blocks_of.append(blocks)
         for b in np.unique(blocks).tolist():
             units[m.features is not None][(m.content_hash, b)] = _unit_hash(m.content_hash, b, options.seed)
@@ -219,6 +224,7 @@ def build_examples(media: list[MediaItem], options: DataOptions) -> TrainingData
             texts += [Pair(mi, -1, -1, s.text, False, _split_at(m, (s.start + s.end) / 2)) for s in m.sentences]
             continue
         starts, ends = m.clip_times[:, 0], m.clip_times[:, 1]
+        blocks = clip_blocks(m.clip_times, options.split_block_seconds)
         spoken = np.zeros(n, bool)
         for s in m.sentences:
             rows = np.flatnonzero((ends > s.start) & (starts < s.end))
@@ -227,10 +233,15 @@ def build_examples(media: list[MediaItem], options: DataOptions) -> TrainingData
             spoken[rows] = True
             first = int(rows[0])
             last = int(min(rows[-1], first + options.max_pair_clips - 1))
+            # A pair stays inside its first clip's split block: a sentence running on into a block of the
+            # other split must not carry held-out clips into training (or training clips into held-out).
+            for i in range(first + 1, last + 1):
+                if m.clip_split[i] != m.clip_split[first] or blocks[i] != blocks[first]:
+                    last = i - 1
+                    break
             pairs.append(Pair(mi, first, last, s.text, False, str(m.clip_split[first])))
         # Runs of clips inside one split block: the unit of weak pairs and video-only sequences.
-        bounds = [0] + [i for i in range(1, n) if m.clip_split[i] != m.clip_split[i - 1]
-                        or int(starts[i] // options.split_block_seconds) != int(starts[i - 1] // options.split_block_seconds)] + [n]
+        bounds = [0] + [i for i in range(1, n) if m.clip_split[i] != m.clip_split[i - 1] or blocks[i] != blocks[i - 1]] + [n]
         for a, b in zip(bounds[:-1], bounds[1:]):
             split = str(m.clip_split[a])
             for first in range(a, b, options.sequence_clips):

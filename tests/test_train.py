@@ -89,6 +89,28 @@ def test_build_examples_pairs_weak_text_sequences_and_text_only() -> None:
     assert data.summary()["train_weak_pairs"] == 2
 
 
+def test_no_example_mixes_training_and_heldout_clips() -> None:
+    """Sentences running across 30 s block boundaries (into blocks of the other split) stay on one side."""
+    opts = DataOptions(split_block_seconds=30.0, heldout_fraction=0.5, seed=1, max_pair_clips=16)
+    # 200 clips of 1.5 s (10 blocks of 20 clips); a 12 s sentence every 5 s, so many straddle a block boundary.
+    sentences = [Sentence(t, t + 12.0, f"sentence number {i} about a cat.") for i, t in enumerate(np.arange(0.0, 288.0, 5.0))]
+    item = _item("dd" * 8, 200, True, sentences)
+    data = build_examples([item, _item("ee" * 8, 40, True)], opts)
+    blocks = np.floor(item.clip_times.mean(axis=1) / 30.0).astype(int)
+    crossing = [s for s in sentences
+                if len(set(item.clip_split[(item.clip_times[:, 1] > s.start) & (item.clip_times[:, 0] < s.end)])) > 1]
+    assert crossing, "the test needs sentences that span both splits"
+    strong = [p for p in data.pairs if not p.weak]
+    assert len(strong) == len(sentences)
+    for ex in [*data.pairs, *data.sequences]:
+        m = data.media[ex.media]
+        sides = set(m.clip_split[ex.first : ex.last + 1].tolist())
+        assert sides == {ex.split}, (ex, sides)
+        if m is item:
+            assert len(set(blocks[ex.first : ex.last + 1].tolist())) == 1, ex
+    assert {p.split for p in strong} == {TRAIN, HELDOUT}
+
+
 # -- metrics and the activation rule --------------------------------------------------------------
 
 
