@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     search_per_media: int = Field(default=1, ge=1, le=1000)
 
     # Training (`vidx train`) and the trained models in search. Defaults train the dev library
-    # (~430 video clips) in about 5-8 minutes on 2 CPU cores; "auto" uses a GPU when torch sees one.
+    # (~430 video clips) in about 6 minutes on 2 busy CPU cores (BENCHMARKS.md: 361 s); "auto" uses a
+    # GPU when torch sees one.
     train_videobert_steps: int = Field(default=180, ge=0, le=1_000_000)
     train_cbt_steps: int = Field(default=300, ge=0, le=1_000_000)
     train_batch_size: int = Field(default=32, ge=4, le=4096)
