@@ -43,6 +43,29 @@ class ModelRecord:
 DEVICES = ("auto", "cpu", "cuda")
 
 
+class ModelUnavailableError(ValueError):
+    """A trained model's files are missing or unreadable; the message is one line for the user."""
+
+
+def _unavailable(record: ModelRecord, problem: str) -> ModelUnavailableError:
+    fix = f"`vidx models deactivate {record.kind}`" if record.active else "`vidx models activate` another run"
+    return ModelUnavailableError(f"{record.kind} model {record.id} ({record.name}): {problem}; "
+                                 f"run {fix} or `vidx train`")
+
+
+def missing_files(record: ModelRecord) -> ModelUnavailableError | None:
+    """The error to give when a model's checkpoint (or, for VideoBERT, its vocabulary) is not on disk, else None."""
+    needed = [record.path] + ([record.vocab_path] if record.kind == "videobert" else [])
+    gone = [p for p in needed if not p.is_file()]
+    return _unavailable(record, f"{', '.join(map(str, gone))} is missing") if gone else None
+
+
+def unreadable(record: ModelRecord, error: BaseException) -> ModelUnavailableError:
+    """A one-line error for a checkpoint that exists but does not load (truncated, corrupt, not a checkpoint)."""
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return _unavailable(record, f"{record.path} cannot be loaded ({type(error).__name__}: {detail})")
+
+
 def check_device(device: str) -> str:
     """device unchanged when it is auto, cpu or cuda, else a ValueError saying what was expected."""
     if device not in DEVICES:
@@ -144,8 +167,9 @@ def assign_visual_tokens(catalog: Catalog, store: FeatureStore, vocab_path: Path
 class CbtVisual:
     """The active CBT checkpoint applied to stored clip features: the index's `visual` vectors.
 
-    Vectors are cached in the feature store (``cbt_visual``, stamped with ``cbt_version``) so a
-    reindex under the same model does not run it again. The model loads on first use.
+    Vectors are cached in the feature store as ``cbt_visual_<model id>``: the version is in the array's
+    name, so vectors and version are written together (one atomic file) and can never be paired with
+    another model's. The model loads on first use.
     """
 
     def __init__(self, record: ModelRecord, device: str = "cpu") -> None:
@@ -165,7 +189,15 @@ class CbtVisual:
             if self._model is None:
                 from models.cbt import load_checkpoint
 
-                self._model, _, _ = load_checkpoint(self.record.path, device=resolve_device(self.device))
+                device = resolve_device(self.device)
+                missing = missing_files(self.record)
+                if missing is not None:
+                    raise missing
+                try:
+                    self._model, _, _ = load_checkpoint(self.record.path, device=device)
+                except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+                    # A ValueError: the index sync skips (and reports) the files that needed it.
+                    raise unreadable(self.record, e) from e
             return self._model
 
     def embed(self, features: np.ndarray) -> np.ndarray:
@@ -177,12 +209,27 @@ class CbtVisual:
         """float16 [N, 384] unit vectors for the clips of one file, or None for a file without video features."""
         if not store.has(key, "features"):
             return None
-        if store.has(key, "cbt_visual") and store.has(key, "cbt_version"):
-            if str(store.load(key, "cbt_version").reshape(-1)[0]) == self.version:
-                return store.load(key, "cbt_visual")
+        name = self.cache_name
+        if store.has(key, name):
+            try:
+                return store.load(key, name)
+            except ValueError:  # removed in between (another model's cache cleanup): compute it again
+                pass
         vecs = self.embed(store.load(key, "features")).astype(np.float16)
-        store.put(key, {"cbt_visual": vecs, "cbt_version": np.asarray([self.version])})
+        store.put(key, {name: vecs})
+        self._drop_other_caches(store, key)
         return vecs
+
+    @property
+    def cache_name(self) -> str:
+        """The feature-store array holding this model's vectors (an identifier: FeatureStore's rule)."""
+        return f"cbt_visual_{self.record.id}"
+
+    def _drop_other_caches(self, store: FeatureStore, key: str) -> None:
+        # Other models' vectors (and the old unversioned pair) are only a cache: keep one model's per file.
+        for old in store.path(key).glob("cbt_*.npy"):
+            if old.stem != self.cache_name and (old.stem.startswith("cbt_visual") or old.stem == "cbt_version"):
+                old.unlink(missing_ok=True)
 
     def precompute(self, store: FeatureStore, keys: Iterable[str]) -> int:
         """Fill the cache for these files ahead of an index switch; returns how many have vectors."""

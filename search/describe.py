@@ -65,7 +65,7 @@ def resolve_media(catalog: Catalog, spec: str) -> tuple[int, str, str]:
     if spec.isdigit():
         query = query.where(Media.id == int(spec))
     else:
-        query = query.where(or_(Media.path == os.path.abspath(spec), Media.path.endswith("/" + spec)))
+        query = query.where(or_(Media.path == os.path.abspath(spec), Media.path.endswith("/" + spec, autoescape=True)))
     with catalog.session() as session:
         found = session.execute(query).all()
     if not found:

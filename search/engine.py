@@ -165,11 +165,11 @@ class SearchEngine:
             ids = [int(m) for m in filters.media if str(m).isdigit()]
             paths = [str(Path(m).expanduser().resolve()) for m in filters.media if not str(m).isdigit()]
             names = [m for m in filters.media if not str(m).isdigit() and "/" not in m]
-            clauses = [Media.id.in_(ids), Media.path.in_(paths)] + [Media.path.endswith("/" + n) for n in names]
+            clauses = [Media.id.in_(ids), Media.path.in_(paths)] + [Media.path.endswith("/" + n, autoescape=True) for n in names]
             query = query.where(or_(*clauses))
         if filters.path_prefix:
             prefix = str(Path(filters.path_prefix).expanduser().resolve())
-            query = query.where(or_(Media.path == prefix, Media.path.startswith(prefix.rstrip("/") + "/")))
+            query = query.where(or_(Media.path == prefix, Media.path.startswith(prefix.rstrip("/") + "/", autoescape=True)))
         if filters.min_duration is not None:
             query = query.where(Media.duration >= filters.min_duration)
         if filters.max_duration is not None:

@@ -206,3 +206,39 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a CBT checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_cbt_visual_cache_keeps_vectors_and_version_in_one_file(tmp_path: Path) -> None:
+    """The cached vectors' model id is in the array name: no separate version stamp to get out of step."""
+    from indexer.trained import CbtVisual, ModelRecord, ModelUnavailableError
+    from store.features import FeatureStore
+
+    torch.manual_seed(5)
+    c = tiny_config()
+    paths = [save_checkpoint(tmp_path / f"cbt{i}.pt", CBT(c), c) for i in (1, 2)]
+    a = CbtVisual(ModelRecord(1, "cbt", "run-0001", paths[0], {}, True))
+    b = CbtVisual(ModelRecord(2, "cbt", "run-0002", paths[1], {}, False))
+    store = FeatureStore(tmp_path / "features")
+    key = "ab" * 16
+    feats = np.random.default_rng(0).normal(size=(5, FEAT)).astype(np.float16)
+    store.write(key, {"features": feats})
+    # A cache left by an older vidx (vectors and version as two files): ignored and removed.
+    store.put(key, {"cbt_visual": np.zeros((5, TEXT), np.float16), "cbt_version": np.asarray(["cbt/1"])})
+    va = a.vectors(store, key)
+    assert va.shape == (5, TEXT) and va.dtype == np.float16 and np.abs(va).sum() > 0
+    names = sorted(p.stem for p in store.path(key).glob("cbt*.npy"))
+    assert names == ["cbt_visual_1"]
+    vb = b.vectors(store, key)
+    assert sorted(p.stem for p in store.path(key).glob("cbt*.npy")) == ["cbt_visual_2"]
+    assert not np.array_equal(va, vb)
+    # A model whose checkpoint is gone still serves its cached vectors; it fails (one line) only when it must run.
+    paths[1].unlink()
+    gone = CbtVisual(ModelRecord(2, "cbt", "run-0002", paths[1], {}, True))
+    assert np.array_equal(gone.vectors(store, key), vb)
+    store.write("cd" * 16, {"features": feats})  # a new file: its vectors need the model
+    with pytest.raises(ModelUnavailableError, match=r"cbt model 2 \(run-0002\).*is missing.*vidx models deactivate cbt"):
+        gone.vectors(store, "cd" * 16)
+    paths[0].write_bytes(b"not a checkpoint")
+    broken = CbtVisual(ModelRecord(1, "cbt", "run-0001", paths[0], {}, True))
+    with pytest.raises(ModelUnavailableError, match="cannot be loaded"):
+        broken.vectors(store, key)

@@ -249,7 +249,7 @@ def test_activate_reindex_search_describe_deactivate(trained: Path) -> None:
         bikes = next(m for m in media if m.path.endswith("bikes.mp4"))
         key = bikes.content_hash
     # The index's visual vector of a clip is CBT's: searching with it finds that clip first.
-    cbt = vapp.store.load(key, "cbt_visual").astype(np.float32)
+    cbt = vapp.store.load(key, f"cbt_visual_{vapp.active_models()['cbt'].id}").astype(np.float32)
     with vapp.vectors(read_only=True) as vectors:
         hit = vectors.search("visual", cbt[2], 1)[0]
         assert hit.payload["media_id"] == bikes.id and hit.payload["clip_index"] == 2 and hit.score > 0.99
@@ -364,3 +364,25 @@ def test_cli_train_when_the_index_is_busy_keeps_the_run_and_says_how_to_activate
     assert "Traceback" not in res.output
     report = json.loads(res.stdout)
     assert report["activated"] == [] and report["activation_pending"] == ["cbt", "videobert"]
+
+
+def test_file_names_match_literally_not_as_like_patterns(tmp_path: Path) -> None:
+    """`_` and `%` in a file name are characters, not LIKE wildcards (describe, search --media, --path-prefix)."""
+    import migrations
+    from search.describe import resolve_media
+    from search.engine import SearchEngine, SearchFilters
+    from store.catalog import Catalog, MediaStatus
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    migrations.upgrade(catalog.engine)
+    with catalog.session() as session:
+        for i, path in enumerate(["/v/a_b.mp4", "/v/axb.mp4", "/v/100%.mp4", "/v/1000.mp4", "/d_x/c.mp4", "/dyx/c.mp4"]):
+            session.add(Media(path=path, content_hash=f"{i:02d}" * 32, status=MediaStatus.INDEXED))
+    with catalog.session() as session:
+        ids = {m.path: m.id for m in session.scalars(select(Media))}
+    assert resolve_media(catalog, "a_b.mp4")[1] == "/v/a_b.mp4"
+    assert resolve_media(catalog, "100%.mp4")[1] == "/v/100%.mp4"
+    engine = SearchEngine(catalog, None, None, None, None)  # type: ignore[arg-type]
+    assert engine.resolve_filters(SearchFilters(media=("a_b.mp4",))) == {ids["/v/a_b.mp4"]}
+    assert engine.resolve_filters(SearchFilters(media=("100%.mp4",))) == {ids["/v/100%.mp4"]}
+    assert engine.resolve_filters(SearchFilters(path_prefix="/d_x")) == {ids["/d_x/c.mp4"]}
