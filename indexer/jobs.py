@@ -93,7 +93,9 @@ def begin_stage(
     output is already kept (a redelivery after the stage committed; go on to the next).
     ``busy``: another live process runs it now (try again later). ``run``: it is ours now.
     Taking over from a dead owner counts an attempt; after ``max_attempts`` the job fails, so a
-    file that kills its worker (decoder crash, out of memory) cannot loop forever.
+    file that kills its worker (decoder crash, out of memory) cannot loop forever. A retry after
+    a transient error (``retrying``) is not a worker loss and counts nothing: the queue's own
+    retry limit (``VIDX_QUEUE_MAX_RETRIES``) bounds those.
     """
     if stage not in STAGES:
         raise ValueError(f"expected one of {STAGES}, got stage {stage!r}")
@@ -108,7 +110,7 @@ def begin_stage(
         takeover = bool(job.worker) and job.worker != owner
         if takeover and owner_alive(job.worker, job.heartbeat_at, heartbeat_timeout):
             return "busy"
-        if job.state == JobState.QUEUED or takeover or retrying:
+        if job.state == JobState.QUEUED or takeover:
             if takeover and job.attempts >= max_attempts:
                 _fail(session, job, f"worker lost {job.attempts} times during {job.stage or stage} (crash or out of memory)")
                 return "finished"
@@ -122,14 +124,18 @@ def begin_stage(
         return "run"
 
 
-def end_stage(catalog: Catalog, job_id: int, stage: str, owner: str) -> bool:
-    """Record that ``stage``'s output is kept; False if another process took the job meanwhile."""
+def end_stage(catalog: Catalog, job_id: int, stage: str, owner: str, *, hold: bool = False) -> bool:
+    """Record that ``stage``'s output is kept; False if another process took the job meanwhile.
+
+    ``hold`` keeps ``owner`` on the job (the embedded schedule runs the next stage at once), so
+    a process that dies between two stages still leaves its pid on the job for others to judge.
+    """
     with catalog.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.worker != owner or job.state in TERMINAL:
             return False
         job.done_stage = stage
-        job.worker = None
+        job.worker = owner if hold else None
         job.heartbeat_at = utcnow()
         return True
 
@@ -154,6 +160,19 @@ def _fail(session, job: Job, reason: str) -> None:  # type: ignore[no-untyped-de
             media.status = MediaStatus.FAILED
             media.error = reason
             media.claimed_by = None
+
+
+def fail_row(session, job: Job, reason: str) -> None:  # type: ignore[no-untyped-def]
+    """Fail ``job`` inside the caller's transaction (its media claim is released)."""
+    _fail(session, job, reason)
+
+
+def abandon(catalog: Catalog, job_id: int, reason: str) -> None:
+    """Fail a job that has not ended yet (an interrupted embedded ingest); an ended job is left as it is."""
+    with catalog.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is not None and job.state not in TERMINAL:
+            _fail(session, job, reason)
 
 
 def finish_job(catalog: Catalog, job_id: int, status: str, reason: str | None = None) -> None:
@@ -201,16 +220,28 @@ def heartbeat(catalog: Catalog, job_id: int, owner: str, interval: float) -> Ite
         thread.join(timeout=5)
 
 
-def retry_job(catalog: Catalog, job_id: int) -> None:
-    """Put a failed (or stuck) job back to queued, keeping its attempts; the caller enqueues it."""
+def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -> None:
+    """Raise ``ValueError`` (a one-line reason) unless ``job`` may be put back on the queue."""
+    if job is None:
+        raise ValueError(f"no job {job_id}")
+    if job.kind != "ingest":
+        raise ValueError(f"job {job_id} is a {job.kind} job; only ingest jobs go through the queue")
+    if job.state in (JobState.DONE, JobState.SKIPPED):
+        raise ValueError(f"job {job_id} is {job.state}; only failed or stuck jobs can be retried")
+    if job.state == JobState.RUNNING and job.worker and owner_alive(job.worker, job.heartbeat_at, heartbeat_timeout):
+        # A second chain of stages would race the live one for the file.
+        raise ValueError(f"job {job_id} is running on {job.worker} (heartbeat is fresh); it is not stuck")
+
+
+def retry_job(catalog: Catalog, job_id: int, *, heartbeat_timeout: float = 60.0) -> None:
+    """Put a failed (or stuck) job back to queued, keeping its attempts; the caller enqueues it.
+
+    A running job whose owner is alive is refused (``ValueError``): it is not stuck.
+    """
     with catalog.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is None:
-            raise ValueError(f"no job {job_id}")
-        if job.kind != "ingest":
-            raise ValueError(f"job {job_id} is a {job.kind} job; only ingest jobs go through the queue")
-        if job.state in (JobState.DONE, JobState.SKIPPED):
-            raise ValueError(f"job {job_id} is {job.state}; only failed or stuck jobs can be retried")
+        check_retry(job, job_id, heartbeat_timeout)
+        assert job is not None
         job.state = JobState.QUEUED
         job.done_stage = None
         job.worker = None

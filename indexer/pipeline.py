@@ -20,7 +20,21 @@ from sqlalchemy.exc import IntegrityError
 from indexer.clips import make_clips
 from indexer.decode import VideoDecoder
 from indexer.features import FrameEncoder, pool_clips
-from indexer.jobs import STAGES, TERMINAL, StageStart, begin_stage, create_jobs, end_stage, finish_job, heartbeat, release, worker_id
+from indexer.jobs import (
+    STAGES,
+    TERMINAL,
+    StageStart,
+    abandon,
+    begin_stage,
+    create_jobs,
+    end_stage,
+    fail_row,
+    finish_job,
+    heartbeat,
+    owner_alive,
+    release,
+    worker_id,
+)
 from indexer.probe import ProbeResult, probe
 from indexer.thumbnails import ThumbnailCollector
 from indexer.transcribe import Segment, TranscribeOptions, Transcript, iter_segments
@@ -318,7 +332,9 @@ def _terminal(job_id: int, path: str, status: Status, media: Media | None, reaso
     return result
 
 
-def probe_stage(env: StageEnv, job_id: int, report: ProgressFn, timings: dict[str, float]) -> Work | IngestResult:
+def probe_stage(
+    env: StageEnv, job_id: int, report: ProgressFn, timings: dict[str, float], *, heartbeat_timeout: float = 60.0
+) -> Work | IngestResult:
     """Hash the job's file, skip what is already indexed or being indexed, claim the media row, probe.
 
     Returns the work for the next stage, or an ``IngestResult`` that ends the job (skipped,
@@ -352,7 +368,7 @@ def probe_stage(env: StageEnv, job_id: int, report: ProgressFn, timings: dict[st
 
     for attempt in range(2):
         try:
-            claimed = _claim(catalog, job_id, path, stat, digest)
+            claimed = _claim(catalog, job_id, path, stat, digest, heartbeat_timeout)
             break
         except IntegrityError:
             # Another job inserted the media row for this path between our read and our insert.
@@ -369,7 +385,9 @@ def probe_stage(env: StageEnv, job_id: int, report: ProgressFn, timings: dict[st
     return Work(probed=Probed(media_id=media_id, path=str(path), content_hash=digest, info=info), timings=timings)
 
 
-def _claim(catalog: Catalog, job_id: int, path: Path, stat: os.stat_result, digest: str) -> int | IngestResult:
+def _claim(
+    catalog: Catalog, job_id: int, path: Path, stat: os.stat_result, digest: str, heartbeat_timeout: float = 60.0
+) -> int | IngestResult:
     with catalog.session() as session:
         # The row lock makes two jobs for one path take turns here: the second sees the first's claim.
         media = session.scalar(select(Media).where(Media.path == str(path)).with_for_update())
@@ -379,8 +397,14 @@ def _claim(catalog: Catalog, job_id: int, path: Path, stat: os.stat_result, dige
         if media is not None and media.claimed_by not in (None, job_id):
             other = session.get(Job, media.claimed_by)
             if other is not None and other.state not in TERMINAL:
-                # Its messages are durable and acknowledged late, so it will finish: one copy only.
-                return _terminal(job_id, str(path), "duplicate", None, f"same file is being indexed by job {other.id}")
+                if other.worker is None or owner_alive(other.worker, other.heartbeat_at, heartbeat_timeout):
+                    # Alive, or between two queued stages: its messages are durable and acknowledged
+                    # late, so it will finish. One copy only.
+                    return _terminal(job_id, str(path), "duplicate", None, f"same file is being indexed by job {other.id}")
+                # Its owner is gone (an interrupted or killed `vidx ingest`, a worker dead past its
+                # heartbeat): that job ends here and this one takes the file, or it would stay locked.
+                logger.warning("job %s: taking over the claim of job %s, whose owner %s is gone", job_id, other.id, other.worker)
+                fail_row(session, other, f"interrupted: its process {other.worker} is gone; the file went to job {job_id}")
         twin = session.scalar(
             select(Media).where(Media.content_hash == digest, Media.status == MediaStatus.INDEXED, Media.path != str(path))
         )
@@ -455,13 +479,15 @@ def run_stage(
     max_attempts: int = 3,
     retrying: bool = False,
     transient: tuple[type[BaseException], ...] = (),
+    hold: bool = False,
 ) -> StepResult:
     """Run one stage of one job with its bookkeeping: the one code path both schedules share.
 
     ``load`` gives the previous stages' work (called only if the stage runs); ``keep`` stores
     this stage's work before the checkpoint is recorded, so a redelivered job resumes after it.
     Errors of the ``transient`` types are re-raised for the caller to retry; any other error
-    fails the job with a one-line reason (a corrupt file fails once).
+    fails the job with a one-line reason (a corrupt file fails once). ``hold`` keeps ``owner``
+    on the job after the stage (the embedded schedule goes on with the next stage at once).
     """
     catalog = env.catalog
     start = begin_stage(
@@ -479,7 +505,7 @@ def run_stage(
             if work is not None:
                 path = work.probed.path
             if stage == "probe":
-                out: Work | IngestResult = probe_stage(env, job_id, reporter, {})
+                out: Work | IngestResult = probe_stage(env, job_id, reporter, {}, heartbeat_timeout=heartbeat_timeout)
             elif stage == "analyse":
                 out = analyse_stage(env, work, reporter)  # type: ignore[arg-type]
             elif stage == "embed":
@@ -509,7 +535,7 @@ def run_stage(
         return StepResult(start="run", result=out)
     if stage == STAGES[-1]:  # pragma: no cover - the write stage always returns a result
         raise RuntimeError("the write stage returned no result")
-    if not end_stage(catalog, job_id, stage, owner):
+    if not end_stage(catalog, job_id, stage, owner, hold=hold):
         # Someone took the job over while we worked (our heartbeat looked dead): theirs wins.
         return StepResult(start="busy")
     return StepResult(start="run", work=out)
@@ -518,17 +544,29 @@ def run_stage(
 def run_job(
     env: StageEnv, job_id: int, *, progress: ProgressFn | None = None, owner: str | None = None
 ) -> IngestResult:
-    """All stages of one job in this process, the work kept in memory: the embedded schedule."""
+    """All stages of one job in this process, the work kept in memory: the embedded schedule.
+
+    Interrupted (Ctrl-C, SystemExit), the job is failed ("interrupted") before the exception goes
+    on, so its media claim does not outlive this process. A SIGKILL leaves this process's pid
+    on the job, and the next ingest of the file takes the claim over (``_claim``).
+    """
     owner = owner or worker_id()
     work: Work | None = None
-    for stage in STAGES:
-        step = run_stage(env, job_id, stage, owner, lambda: work, progress=progress)
-        if step.result is not None:
-            return step.result
-        if step.start != "run" or step.work is None:
-            # Another process owns or finished this job (it was queued as well): report what it says.
-            return job_result(env.catalog, job_id)
-        work = step.work
+    try:
+        for stage in STAGES:
+            step = run_stage(env, job_id, stage, owner, lambda: work, progress=progress, hold=True)
+            if step.result is not None:
+                return step.result
+            if step.start != "run" or step.work is None:
+                # Another process owns or finished this job (it was queued as well): report what it says.
+                return job_result(env.catalog, job_id)
+            work = step.work
+    except BaseException:
+        try:
+            abandon(env.catalog, job_id, "interrupted")
+        except Exception:  # noqa: BLE001 - the original error matters more; a dead pid is taken over later
+            logger.warning("job %s: could not record the interruption", job_id, exc_info=True)
+        raise
     raise RuntimeError(f"job {job_id} ran every stage without a result")  # pragma: no cover
 
 

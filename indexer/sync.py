@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import selectinload
 
 from indexer.embed import ClipEmbeddings, cached_label_embeddings, embed_clips, segments_to_words
@@ -18,7 +19,7 @@ from indexer.features import imagenet_names
 from store.catalog import Catalog, Media, MediaStatus, utcnow
 from store.features import FeatureStore
 from store.lexical import LexicalIndex
-from store.vectors import Point, VectorIndex, point_id
+from store.vectors import IndexLockedError, Point, VectorIndex, point_id
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,53 @@ logger = logging.getLogger(__name__)
 EMBEDDING_VERSION = "minilm-l6+conse/v1"
 VECTOR_DIMS = {"speech": 384, "visual": 384}
 _EMBEDDING_ARRAYS = ("speech", "has_speech", "visual", "has_visual", "speech_text")
+# Any constant will do; it keeps two syncs (workers or `vidx`, on any hosts) from writing the index at once.
+SYNC_LOCK_KEY = 7_351_120_412
+
+
+class SyncBusyError(IndexLockedError):
+    """Another index sync (a worker's or another `vidx`'s) holds the cluster-wide sync lock."""
+
+
+@contextlib.contextmanager
+def sync_lock(catalog: Catalog, *, wait: float = 0.0, poll: float = 0.5) -> Iterator[bool]:
+    """The index writer's cluster-wide lock: a PostgreSQL advisory lock held by one connection.
+
+    Yields whether it was taken within ``wait`` seconds. The connection runs in autocommit, so it
+    does not sit "idle in transaction" for the whole sync. On SQLite (one host) it is a no-op that
+    yields True: the FAISS index's own ``flock`` serialises writers there.
+    """
+    if catalog.engine.dialect.name != "postgresql":
+        yield True
+        return
+    deadline = time.monotonic() + max(wait, 0.0)
+    with catalog.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while True:
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": SYNC_LOCK_KEY}).scalar())
+            if got or time.monotonic() >= deadline:
+                break
+            time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SYNC_LOCK_KEY})
+                except Exception:  # noqa: BLE001 - a broken connection: drop it, the server frees its locks
+                    logger.warning("could not release the index sync lock; dropping its connection", exc_info=True)
+                    conn.invalidate()
+
+
+@contextlib.contextmanager
+def exclusive_sync(catalog: Catalog, *, wait: float = 300.0) -> Iterator[None]:
+    """``sync_lock`` for a person waiting: wait up to ``wait`` seconds, then ``SyncBusyError``."""
+    with sync_lock(catalog, wait=wait) as got:
+        if not got:
+            raise SyncBusyError(
+                f"another index sync (a `vidx worker` or another `vidx`) has held the sync lock for over {wait:.0f} s; "
+                "try again when it has finished"
+            )
+        yield
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,17 @@ import logging
 import os
 import pickle
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select
 
 from indexer.jobs import STAGES, begin_stage, end_stage, finish_job, worker_id
 from indexer.pipeline import IngestOptions, StageEnv, Work, one_line, run_stage
-from indexer.sync import EMBEDDING_VERSION, VECTOR_DIMS, EmbedOptions
+from indexer.sync import EMBEDDING_VERSION, VECTOR_DIMS, EmbedOptions, sync_lock
 from store.catalog import Catalog, Media, MediaStatus
 from store.features import FeatureStore
 
@@ -40,8 +39,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 SYNC_TASK = "vidx.sync"
 PING_TASK = "vidx.ping"
-# Any constant will do; it keeps two sync tasks (on any hosts) from writing the index at once.
-_PG_SYNC_LOCK = 7_351_120_412
 
 
 @dataclass(frozen=True)
@@ -90,12 +87,16 @@ class Staging:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(job_id)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-        # pickle: the data are our own dataclasses and arrays, written and read by vidx only.
-        with tmp.open("wb") as f:
-            pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            # pickle: the data are our own dataclasses and arrays, written and read by vidx only.
+            with tmp.open("wb") as f:
+                pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk or an unpicklable object leaves no temp file behind
+            raise
 
     def load(self, job_id: int) -> Work | None:
         try:
@@ -231,8 +232,10 @@ def _retry(task: Task, job_id: int, transient: int, countdown: float, priority: 
     from celery.exceptions import Reject
 
     try:
+        # Positional ``args`` as the tasks are published (``[job_id]``): a retry without them would
+        # reuse the request's ``[job_id]`` and pass job_id twice (a TypeError on every retry).
         raise task.retry(
-            kwargs={"job_id": job_id, "transient": transient}, countdown=countdown, max_retries=None,
+            args=[job_id], kwargs={"transient": transient}, countdown=countdown, max_retries=None,
             priority=priority,
         )
     except Reject:
@@ -257,22 +260,6 @@ def _publish(
             raise
         # A missed sync is caught by the next one, or by `vidx search`, which syncs a stale index.
         logger.warning("could not enqueue %s", name, exc_info=True)
-
-
-@contextmanager
-def _sync_lock(catalog: Catalog) -> Iterator[bool]:
-    """A cluster-wide lock on PostgreSQL (advisory, held by one connection); elsewhere the index's own lock."""
-    if catalog.engine.dialect.name != "postgresql":
-        yield True
-        return
-    with catalog.engine.connect() as conn:
-        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_SYNC_LOCK}).scalar())
-        try:
-            yield got
-        finally:
-            if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_SYNC_LOCK})
-                conn.commit()
 
 
 def stale_media(catalog: Catalog, version: str = EMBEDDING_VERSION) -> int:
@@ -306,7 +293,7 @@ def _sync_task(task: Task) -> int:
     if not stale_media(ctx.catalog, _version(embedder)):
         return 0
     try:
-        with _sync_lock(ctx.catalog) as got:
+        with sync_lock(ctx.catalog) as got:
             if not got:
                 # Another sync runs: it may have read the stale list before our file, so come back.
                 _retry(task, 0, 0, 5.0)

@@ -66,3 +66,51 @@ def test_ingest_with_database_url(data_dir: Path, silent_video: Path, database_u
     assert proc.returncode == 0, proc.stderr
     listing = json.loads(vidx("ls", "--json", data_dir=data_dir, env={"VIDX_DATABASE_URL": database_url}).stdout)
     assert [m["status"] for m in listing] == ["indexed"]
+
+
+def test_ingest_killed_mid_file_does_not_lock_the_file(data_dir: Path, cut_video: Path) -> None:
+    """A `vidx ingest` SIGKILLed mid-file leaves its job running; the next `vidx ingest` of the file indexes it."""
+    script = (
+        "import os, signal, sys; from pathlib import Path; import migrations; "
+        "from indexer import pipeline; from store.catalog import Catalog; from store.features import FeatureStore; "
+        "d = Path(sys.argv[1]); c = Catalog(f'sqlite:///{d / \"catalog.sqlite\"}'); migrations.upgrade(c.engine); "
+        "pipeline.analyse_stage = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "pipeline.ingest_file(Path(sys.argv[2]), c, FeatureStore(d / 'features'), pipeline.IngestOptions(cache_dir=d / 'cache'))"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(data_dir), str(cut_video)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    proc = vidx("ingest", str(cut_video), "--json", data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["status"] == "indexed"
+    jobs = json.loads(vidx("jobs", "--json", data_dir=data_dir).stdout)
+    assert [(j["state"], j["reason"] is not None and "interrupted" in j["reason"]) for j in jobs] == [("done", False), ("failed", True)]
+    found = vidx("search", "quick brown fox", "--json", data_dir=data_dir)
+    assert found.returncode == 0, found.stderr
+    assert any(Path(m["media_path"]) == cut_video.resolve() for m in json.loads(found.stdout))
+
+
+def test_jobs_retry_checks_every_id_first_and_wait_on_unknown_batch(data_dir: Path) -> None:
+    import migrations
+    from indexer.jobs import create_jobs, finish_job
+    from store.catalog import Catalog
+
+    catalog = Catalog(f"sqlite:///{data_dir / 'catalog.sqlite'}")
+    migrations.upgrade(catalog.engine)
+    [failed, running] = create_jobs(catalog, [data_dir / "a.mp4", data_dir / "b.mp4"], batch="b1")
+    finish_job(catalog, failed, "failed", "boom")
+    from indexer.jobs import begin_stage, worker_id
+
+    assert begin_stage(catalog, running, "probe", worker_id()) == "run"  # this (live) process owns it
+    broker = {"VIDX_BROKER_URL": "redis://127.0.0.1:1/0"}  # never reached: nothing is valid to publish
+    proc = vidx("jobs", "retry", str(failed), "999999", data_dir=data_dir, env=broker)
+    assert proc.returncode == 1 and "no job 999999" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    busy = vidx("jobs", "retry", str(failed), str(running), data_dir=data_dir, env=broker)
+    assert busy.returncode == 1 and "is running on" in busy.stdout + busy.stderr
+    with catalog.session() as s:
+        from store.catalog import Job, JobState
+
+        assert s.get(Job, failed).state == JobState.FAILED  # not left queued without a message
+        assert s.get(Job, running).state == JobState.RUNNING
+    catalog.dispose()
+    nobatch = vidx("jobs", "--wait", "--batch", "no-such", data_dir=data_dir)
+    assert nobatch.returncode == 1 and "no such batch" in nobatch.stdout + nobatch.stderr

@@ -138,6 +138,59 @@ def test_bad_inputs_fail_alone(env, bad_files: dict[str, Path], silent_video: Pa
         assert all(j.error for j in jobs if j.state == JobState.FAILED)
 
 
+def test_interrupted_ingest_does_not_lock_its_file(env, silent_video: Path, cut_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C fails the job ("interrupted"); a job whose process is gone loses its claim to the next ingest."""
+    import os
+    import socket
+    import subprocess
+
+    from indexer import pipeline
+    from indexer.jobs import create_jobs
+    from indexer.pipeline import StageEnv, run_stage
+
+    catalog, store, options = env
+    video = tmp_path / "v.mp4"
+    shutil.copy(silent_video, video)
+
+    def interrupt(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "analyse_stage", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_file(video, catalog, store, options)
+    with catalog.session() as s:
+        job = s.scalar(select(Job).order_by(Job.id.desc()))
+        media = s.scalar(select(Media).where(Media.path == str(video.resolve())))
+        assert job.state == JobState.FAILED and job.error == "interrupted" and job.worker is None
+        assert media.claimed_by is None and media.status == MediaStatus.FAILED
+    monkeypatch.undo()
+    assert ingest_file(video, catalog, store, options).status == "indexed"
+
+    # A SIGKILLed `vidx ingest`: its job stays running, its pid (gone) as the owner, the file claimed.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ghost = f"{socket.gethostname()}:{dead.pid}"
+    stage_env = StageEnv(catalog, store, options)
+    [killed] = create_jobs(catalog, [cut_video])
+    assert run_stage(stage_env, killed, "probe", ghost, lambda: None, hold=True).work is not None
+    # A live owner keeps the file: the second job is a duplicate.
+    [alive] = create_jobs(catalog, [cut_video])
+    with catalog.session() as s:
+        s.get(Job, killed).worker = f"{socket.gethostname()}:{os.getpid()}"
+    dup = run_stage(stage_env, alive, "probe", ghost + "0", lambda: None)
+    assert dup.result is not None and dup.result.status == "duplicate" and f"job {killed}" in dup.result.reason
+    with catalog.session() as s:
+        s.get(Job, killed).worker = ghost
+    # Its owner gone, the next ingest takes the file over and indexes it.
+    result = ingest_file(cut_video, catalog, store, options)
+    assert result.status == "indexed", result.reason
+    with catalog.session() as s:
+        old = s.get(Job, killed)
+        assert old.state == JobState.FAILED and "interrupted" in old.error
+        media = s.get(Media, result.media_id)
+        assert media.status == MediaStatus.INDEXED and media.claimed_by is None and media.clip_count > 0
+
+
 def test_crash_during_write_leaves_nothing_half_visible(env, cut_video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog, store, options = env
 

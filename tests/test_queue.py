@@ -478,8 +478,12 @@ def test_importing_the_tasks_loads_no_model() -> None:
     assert proc.stdout.strip() == "[]"
 
 
-def test_transient_error_releases_the_stage_and_the_retry_counts_an_attempt(tmp_path: Path, silent_video: Path) -> None:
-    """A "not now" error (the catalog or a server away) is re-raised for the queue to retry, the job kept."""
+def test_transient_error_releases_the_stage_and_the_retry_counts_no_attempt(tmp_path: Path, silent_video: Path) -> None:
+    """A "not now" error (the catalog or a server away) is re-raised for the queue to retry, the job kept.
+
+    Retries are not worker losses: they count nothing against VIDX_QUEUE_MAX_ATTEMPTS, so two
+    database blips and then one crash do not fail the job as "worker lost 3 times".
+    """
     from sqlalchemy.exc import OperationalError
 
     from indexer.pipeline import IngestOptions, StageEnv, run_stage
@@ -501,13 +505,100 @@ def test_transient_error_releases_the_stage_and_the_retry_counts_an_attempt(tmp_
     with catalog.session() as s:
         job = s.get(Job, job_id)
         assert job.state == JobState.RUNNING and job.worker is None and job.done_stage == "probe" and job.attempts == 1
+    with pytest.raises(OperationalError):
+        run_stage(env, job_id, "analyse", me, away, retrying=True, transient=(OperationalError,))
+    with catalog.session() as s:
+        assert s.get(Job, job_id).attempts == 1  # two retries: still the first attempt
+    # Now the worker dies mid-stage: the takeovers count, up to max_attempts=3 attempts in all.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ghost = f"{socket.gethostname()}:{dead.pid}"
+    assert begin_stage(catalog, job_id, "analyse", ghost, retrying=True) == "run"
+    assert begin_stage(catalog, job_id, "analyse", me, max_attempts=3) == "run"  # takeover: attempt 2
+    with catalog.session() as s:
+        assert s.get(Job, job_id).attempts == 2
     # Not transient: the same error fails the job at once, with its reason.
     step = run_stage(env, job_id, "analyse", me, away, retrying=True)
     assert step.result is not None and step.result.status == "failed" and "OperationalError" in step.result.reason
     with catalog.session() as s:
         job = s.get(Job, job_id)
-        assert job.state == JobState.FAILED and job.attempts == 2
+        assert job.state == JobState.FAILED and job.attempts == 2 and "worker lost" not in job.error
     catalog.dispose()
+
+
+def test_stage_retry_message_carries_job_id_once_with_backoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage retry goes through a real Celery app and broker (kombu's in-memory transport).
+
+    The retried message must call the task as it was published (``args=[job_id]``) plus the retry
+    count, with the backoff as its ETA; it once carried job_id twice (a TypeError on every retry,
+    taken for "broker unreachable": a requeue loop with no backoff). Celery 5.7 rebinds such a
+    keyword onto the inherited positional argument; 5.4-5.6 (pyproject allows them) do not, so
+    the arguments given to ``retry`` are checked as well as the message.
+    """
+    from celery.exceptions import Retry
+    from kombu import Exchange, Queue
+    from sqlalchemy.exc import OperationalError
+
+    import indexer.tasks as tasks
+    from indexer.tasks import QueueConfig, create_app
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    catalog = Catalog(url)
+    migrations.upgrade(catalog.engine)
+    [job_id] = create_jobs(catalog, [tmp_path / "x.mp4"])
+    config = QueueConfig(broker_url="memory://", database_url=url, data_dir=tmp_path / "d", prefix=f"test-{uuid.uuid4().hex[:10]}")
+    app = create_app(config)
+    calls: list[tuple[int, str, bool]] = []
+
+    def away(env, job, stage, owner, load, **kw):  # type: ignore[no-untyped-def]
+        calls.append((job, stage, kw["retrying"]))
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(tasks, "run_stage", away)
+    task = app.tasks["vidx.analyse"]
+    given: list[dict] = []
+    real_retry = task.retry
+
+    def spy(*a, **kw):  # type: ignore[no-untyped-def]
+        given.append(kw)
+        return real_retry(*a, **kw)
+
+    monkeypatch.setattr(task, "retry", spy)
+    queue = Queue(config.ingest_queue, Exchange(config.ingest_queue, type="direct"), routing_key=config.ingest_queue)
+
+    def deliver(args: list, kwargs: dict, retries: int) -> tuple[list, dict, dict]:
+        """Run the task as a worker does for a delivered message; return the retry it published."""
+        task.push_request(id=uuid.uuid4().hex, args=args, kwargs=kwargs, retries=retries, is_eager=False, called_directly=False)
+        try:
+            with pytest.raises(Retry):
+                task.run(*args, **kwargs)
+        finally:
+            task.pop_request()
+        with app.connection_for_read() as conn:
+            message = queue(conn.default_channel).get(no_ack=True)
+        assert message is not None, "the retry was not published"
+        body_args, body_kwargs, _ = message.decode()
+        return body_args, body_kwargs, message.headers
+
+    try:
+        before = utcnow()
+        args, kwargs, headers = deliver([job_id], {}, 0)
+        assert args == [job_id] and kwargs == {"transient": 1}
+        assert headers["task"] == "vidx.analyse" and headers["retries"] == 1
+        from datetime import datetime
+
+        eta = datetime.fromisoformat(headers["eta"])
+        assert timedelta(seconds=4) < eta - before < timedelta(seconds=7)  # _backoff(0) == 5 s
+        # The retried message itself runs (no "multiple values for argument 'job_id'") and backs off further.
+        args, kwargs, headers = deliver(args, kwargs, 1)
+        assert args == [job_id] and kwargs == {"transient": 2} and headers["retries"] == 2
+        assert timedelta(seconds=9) < datetime.fromisoformat(headers["eta"]) - before < timedelta(seconds=13)
+        assert calls == [(job_id, "analyse", False), (job_id, "analyse", True)]
+        # As published: job_id positional, never also a keyword (whatever the Celery version does with it).
+        assert [(kw["args"], kw["kwargs"]) for kw in given] == [([job_id], {"transient": 1}), ([job_id], {"transient": 2})]
+    finally:
+        tasks._context_cache.clear()
+        catalog.dispose()
 
 
 def test_worker_sync_follows_the_active_trained_model(tmp_path: Path) -> None:
@@ -530,3 +621,58 @@ def test_worker_sync_follows_the_active_trained_model(tmp_path: Path) -> None:
     assert ctx.sync_embedder().version == EMBEDDING_VERSION
     ctx.catalog.dispose()
     catalog.dispose()
+
+
+def test_sync_lock_is_shared_by_vidx_and_workers_and_idle(tmp_path: Path, pg_url: str) -> None:
+    """One cluster-wide sync lock: the worker's sync and `vidx` (App.sync) take turns; its connection is not in a transaction."""
+    from sqlalchemy import text
+
+    from indexer.sync import SyncBusyError, exclusive_sync, sync_lock
+    from vidx.app import App
+    from vidx.settings import Settings
+
+    catalog = Catalog(pg_url)
+    migrations.upgrade(catalog.engine)
+    other = Catalog(pg_url)
+    vapp = App(Settings(data_dir=tmp_path / "d", database_url=pg_url))
+    try:
+        with sync_lock(catalog) as got:
+            assert got
+            with other.engine.connect() as conn:
+                states = conn.execute(text(
+                    "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (7351120412::bigint & x'ffffffff'::bigint)"
+                )).scalars().all()
+            assert states == ["idle"]  # not "idle in transaction" for the whole sync
+            with sync_lock(other, wait=0.3) as second:
+                assert not second
+            with pytest.raises(SyncBusyError, match="another index sync"):
+                vapp.sync(wait=0.5)
+            started = time.monotonic()
+            with pytest.raises(SyncBusyError):
+                with exclusive_sync(other, wait=1.0):
+                    pass
+            assert time.monotonic() - started >= 0.9  # it waited before giving up
+        with sync_lock(other) as again:
+            assert again  # released
+        assert vapp.sync().upserted_media == 0
+    finally:
+        vapp.catalog.dispose()
+        other.dispose()
+        catalog.dispose()
+
+
+def test_staging_save_leaves_no_temp_file_when_the_dump_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from indexer.tasks import Staging
+
+    staging = Staging(tmp_path / "staging")
+
+    def full(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pickle, "dump", full)
+    with pytest.raises(OSError, match="No space"):
+        staging.save(7, object())  # type: ignore[arg-type]
+    assert list((tmp_path / "staging").iterdir()) == []

@@ -154,11 +154,15 @@ class App:
             train_device=s.train_device,
         )
 
-    def sync(self, *, full: bool = False, progress=None) -> SyncReport:  # type: ignore[no-untyped-def]
-        """Run the single-writer index sync for this data directory."""
-        from indexer.sync import sync_index
+    def sync(self, *, full: bool = False, progress=None, wait: float = 300.0) -> SyncReport:  # type: ignore[no-untyped-def]
+        """Run the single-writer index sync for this data directory.
 
-        with self.vectors() as vectors:
+        On PostgreSQL it takes the cluster-wide sync lock the workers' syncs take, waiting up to
+        ``wait`` seconds for a running one (then ``SyncBusyError``, an ``IndexLockedError``).
+        """
+        from indexer.sync import exclusive_sync, sync_index
+
+        with exclusive_sync(self.catalog, wait=wait), self.vectors() as vectors:
             return sync_index(self.catalog, self.store, vectors, self.lexical, self.embedder, full=full, progress=progress)
 
     def search_options(self, **overrides) -> SearchOptions:  # type: ignore[no-untyped-def]
@@ -229,7 +233,7 @@ class App:
         crash between the two leaves media whose synced_version does not match the active version:
         the next sync repairs them.
         """
-        from indexer.sync import EmbedOptions, Embedder, sync_index
+        from indexer.sync import EmbedOptions, Embedder, exclusive_sync, sync_index
         from indexer.trained import CbtVisual, assign_visual_tokens, indexed_keys, list_versions, set_active
 
         records = {r.id: r for r in list_versions(self.catalog, self.models_root)}
@@ -250,7 +254,8 @@ class App:
         embedder._encoder = old._encoder  # the text encoder is the same; do not load it twice
         # Ctrl-C waits for the swap (seconds: every vector is precomputed): the index writer flushes
         # whatever it holds when closed, and half a swap must never become a generation.
-        with _interrupts_deferred(), self.vectors() as vectors:
+        # The workers' syncs take the same cluster-wide lock (PostgreSQL), so none writes in between.
+        with exclusive_sync(self.catalog), _interrupts_deferred(), self.vectors() as vectors:
             report = sync_index(self.catalog, self.store, vectors, self.lexical, embedder, progress=progress)
             set_active(self.catalog, active)
         if target.get("videobert") is not None:

@@ -315,6 +315,9 @@ def jobs(
             console.print("no batches yet: run `vidx ingest --queue PATH`")
             raise typer.Exit(0 if not wait else 1)
     if wait:
+        if batch is not None and not list_jobs(vapp.catalog, batch=batch, limit=1):
+            console.print(f"[red]error:[/red] no such batch: {escape(batch)} (see `vidx jobs`)")
+            raise typer.Exit(1)
         raise typer.Exit(_wait_batch(vapp, batch=batch, ids=None, timeout=timeout))
     rows = list_jobs(vapp.catalog, batch=batch, states=[state] if state else None, limit=limit)
     if as_json:
@@ -352,23 +355,44 @@ def jobs_retry(
     data_dir: DataDir = None,
 ) -> None:
     """Put failed jobs back on the queue (their attempts are kept)."""
-    from indexer.jobs import retry_job
+    from indexer.jobs import check_retry, retry_job
     from indexer.tasks import enqueue
+    from store.catalog import Job
 
     vapp = App(_settings(data_dir))
     capp = _queue_app(vapp)
+    timeout = vapp.settings.queue_heartbeat_timeout
+    # Every id is checked before any job changes: one bad id must not leave the others queued but unpublished.
+    with vapp.catalog.session() as session:
+        errors = []
+        for job_id in job_ids:
+            try:
+                check_retry(session.get(Job, job_id), job_id, timeout)
+            except ValueError as e:
+                errors.append(str(e))
+    if errors:
+        for error in errors:
+            console.print(f"[red]error:[/red] {escape(error)}")
+        console.print("nothing was requeued")
+        raise typer.Exit(1)
+    reset: list[int] = []
+    failed = False
     for job_id in job_ids:
         try:
-            retry_job(vapp.catalog, job_id)
-        except ValueError as e:
+            retry_job(vapp.catalog, job_id, heartbeat_timeout=timeout)
+            reset.append(job_id)
+        except ValueError as e:  # it changed since the check (rare): the ones reset are still published
             console.print(f"[red]error:[/red] {escape(str(e))}")
-            raise typer.Exit(1) from e
+            failed = True
+    job_ids = reset
     try:
         enqueue(capp, job_ids)
     except Exception as e:  # the broker is unreachable: say so, the jobs stay queued for a later retry
         console.print(f"[red]error:[/red] broker unreachable: {escape(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
         raise typer.Exit(1) from e
     console.print(f"requeued {len(job_ids)} jobs: {', '.join(map(str, job_ids))}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _library_size(vapp: App) -> tuple[int, int]:
@@ -454,7 +478,7 @@ def search(
 
 def _try_sync(vapp: App) -> None:
     try:
-        vapp.sync()
+        vapp.sync(wait=0.0)  # a sync that is running (a worker's) will bring the index up to date
     except RuntimeError as e:  # another process holds the index: search what is there
         console.print(f"[yellow]note:[/yellow] search index not refreshed: {escape(str(e))}")
 
