@@ -248,6 +248,11 @@ def iter_segments(path: Path, options: TranscribeOptions, cache_dir: Path) -> tu
     model = load_whisper(options.model, Path(cache_dir), options.device, options.cpu_threads)
     # English-only checkpoints must not run language detection (their tokenizer has no language tokens).
     language = options.language if model.model.is_multilingual else "en"
+    # A window that fails Whisper's compression/log-prob checks is re-decoded by sampling at a
+    # higher temperature: seeded, so the same file gives the same transcript on every run.
+    import ctranslate2
+
+    ctranslate2.set_random_seed(0)
     raw_segments, info = model.transcribe(
         str(path),
         language=language,

@@ -314,7 +314,10 @@ def test_phone_call_times_follow_the_stm(phone_call: tuple[Transcript, list]) ->
     result, stm = phone_call
     yankee = next(s for s in result.segments if "yankee" in normalise(s.text).split())
     utterance = next(row for row in stm if "Yankee" in row[3])
-    assert utterance[0] - 2 <= yankee.start <= utterance[1]  # measured 24.18 vs 24.06..28.43
+    # Segment boundaries move when Whisper re-decodes a window (one CI run merged this utterance
+    # into a segment starting at 19.7 s); the segment must still cover the utterance, and the
+    # word itself must be timed inside it.
+    assert yankee.start <= utterance[1] and yankee.end >= utterance[0]  # measured 24.18-28.4 vs 24.06..28.43
     word = next(w for w in yankee.words if normalise(w.word) == "yankee")
     assert utterance[0] <= word.start <= utterance[1]  # measured 26.44
     # Every segment's middle lies in some reference utterance (measured: all 13, within 0.1 s).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from store.catalog import Catalog
 from store.features import FeatureStore
 from store.lexical import LexicalIndex
 from vidx.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from indexer.sync import Embedder, SyncReport
@@ -92,8 +95,14 @@ class App:
         active = self.active_models()
         visual = None
         if "cbt" in active:
-            from indexer.trained import CbtVisual
+            from indexer.trained import CbtVisual, missing_files
 
+            # Kept even when its checkpoint is gone: the index holds its vectors and version, and files
+            # whose vectors are cached stay searchable; files that need the model are skipped (reported)
+            # by the sync until the model is deactivated or replaced.
+            missing = missing_files(active["cbt"])
+            if missing is not None:
+                logger.warning("%s", missing)
             visual = CbtVisual(active["cbt"], device=s.train_device)
         return Embedder(
             EmbedOptions(
@@ -204,9 +213,28 @@ class App:
 
         from models.text_encoder import load_text_encoder
 
+        problem = self._load_videobert(record)
+        if problem is not None:  # search answers without the rerank rather than failing every query
+            logger.warning("search without the VideoBERT rerank: %s", problem)
+            return None
         s = self.settings
         return Reranker(self.catalog, self.store, record.path, record.vocab_path, load_text_encoder(threads=1).tokenize,
                         RerankOptions(depth=s.rerank_depth, weight=s.rerank_weight))
+
+    @staticmethod
+    def _load_videobert(record: ModelRecord) -> Exception | None:
+        """Load (and cache, per process) a VideoBERT checkpoint and its vocabulary; the one-line error if that fails."""
+        from indexer.trained import missing_files, unreadable
+        from search.rerank import load_videobert
+
+        missing = missing_files(record)
+        if missing is not None:
+            return missing
+        try:
+            load_videobert(str(record.path), str(record.vocab_path), "cpu")
+        except Exception as e:  # noqa: BLE001 - torch and numpy raise many kinds for a bad file
+            return unreadable(record, e)
+        return None
 
     def train_options(self, **overrides) -> TrainOptions:  # type: ignore[no-untyped-def]
         from indexer.train import TrainOptions
@@ -277,5 +305,8 @@ class App:
             if not trained:
                 raise ValueError("no trained VideoBERT: run `vidx train` first")
             record = trained[-1]  # describe works with the newest one even when rerank keeps it off
+        problem = self._load_videobert(record)
+        if problem is not None:
+            raise problem  # ModelUnavailableError, a ValueError with one line for the user
         return describe(self.catalog, self.store, record.path, record.vocab_path, load_text_encoder(threads=1).tokenizer,
                         media, at, DescribeOptions(**{k: v for k, v in options.items() if v is not None}))

@@ -624,7 +624,7 @@ def show(
             query = query.where(Media.id == int(media))
         else:
             absolute = os.path.abspath(media)
-            query = query.where(or_(Media.path == absolute, Media.path.endswith("/" + media)))
+            query = query.where(or_(Media.path == absolute, Media.path.endswith("/" + media, autoescape=True)))
         found = session.scalars(query).all()
         if not found:
             console.print(f"[red]error:[/red] no media matches {media!r} (see `vidx ls`)")
@@ -866,10 +866,15 @@ def describe(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Video-to-text for the clip at a time (VideoBERT's template filling) and its predicted next visual tokens."""
+    from indexer.trained import ModelUnavailableError
+
     _setup_logging(False)
     vapp = App(_settings(data_dir))
     try:
         d = vapp.describe(media, at, template=template, top_k=top_k, next_clips=next_clips)
+    except ModelUnavailableError as e:  # the checkpoint is missing or unreadable: not a usage error
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(1) from e
     except ValueError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
