@@ -400,10 +400,7 @@ class _Trainer:
         spent = self.timings.get("videobert", 0.0)
 
         def save(step: int) -> None:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "step": step, "seconds": spent + time.perf_counter() - t0}, tmp)
-            os.replace(tmp, ckpt)
+            _save_state(ckpt, model, opt, sched, step, spent + time.perf_counter() - t0)
 
         model.train()
         last_save = time.monotonic()
@@ -505,10 +502,7 @@ class _Trainer:
         spent = self.timings.get("cbt", 0.0)
 
         def save(step: int) -> None:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "step": step, "seconds": spent + time.perf_counter() - t0}, tmp)
-            os.replace(tmp, ckpt)
+            _save_state(ckpt, model, opt, sched, step, spent + time.perf_counter() - t0)
 
         model.train()
         last_save = time.monotonic()
@@ -763,3 +757,13 @@ def _train_run(catalog: Catalog, store: FeatureStore, embedder: Any, models_root
         raise
     return TrainResult(run_dir.name, run_dir, job.id, versions, metrics, rec, resumed,
                        round(time.perf_counter() - t0, 1))
+
+
+def _save_state(path: Path, model: Any, opt: Any, sched: Any, step: int, seconds: float) -> None:
+    """A resumable training state (weights, optimiser, schedule, step), written atomically."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "step": step, "seconds": seconds}, tmp)
+    os.replace(tmp, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.videobert import plain
+from models.videobert import write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -273,14 +272,7 @@ def embed_video(model: CBT, features: np.ndarray | torch.Tensor, batch_size: int
 def save_checkpoint(path: str | Path, model: CBT, config: CBTConfig | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
     """torch.save of {format, config dict, state_dict, extra} (extra: plain types only), via a temporary name."""
-    path = Path(path)
-    config = config or model.config
-    payload = {"format": FORMAT, "config": config.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": plain(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_checkpoint(path, FORMAT, (config or model.config).to_dict(), model, extra)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CBT, CBTConfig, dict[str, Any]]:

@@ -626,9 +626,14 @@ def save_checkpoint(path: str | Path, model: VideoBERT, config: VideoBertConfig 
                     extra: dict[str, Any] | None = None) -> Path:
     """torch.save of {format, config dict, state_dict, extra}; extra must hold plain types (numbers, str,
     lists, dicts, tensors) so weights_only loading can read it. Written to a temporary name, then renamed."""
+    return write_checkpoint(path, FORMAT, (config or model.config).to_dict(), model, extra)
+
+
+def write_checkpoint(path: str | Path, fmt: str, config: dict[str, Any], model: nn.Module,
+                     extra: dict[str, Any] | None) -> Path:
+    """{format, config, state_dict on the CPU, extra as plain types} to a temporary name, then renamed."""
     path = Path(path)
-    config = config or model.config
-    payload = {"format": FORMAT, "config": config.to_dict(),
+    payload = {"format": fmt, "config": config,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": plain(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
