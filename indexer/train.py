@@ -388,12 +388,7 @@ class _Trainer:
         ckpt = self.run_dir / "videobert.train.pt"
         start = 0
         if ckpt.is_file():
-            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            start = int(saved["step"])
-            self.timings["videobert"] = float(saved.get("seconds", 0.0))
+            start, self.timings["videobert"] = _load_state(ckpt, model, opt, sched)
             logger.info("resuming VideoBERT at step %d", start)
         else:
             self._init_visual_rows(model)
@@ -493,12 +488,7 @@ class _Trainer:
         ckpt = self.run_dir / "cbt.train.pt"
         start = 0
         if ckpt.is_file():
-            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            start = int(saved["step"])
-            self.timings["cbt"] = float(saved.get("seconds", 0.0))
+            start, self.timings["cbt"] = _load_state(ckpt, model, opt, sched)
         spent = self.timings.get("cbt", 0.0)
 
         def save(step: int) -> None:
@@ -767,3 +757,14 @@ def _save_state(path: Path, model: Any, opt: Any, sched: Any, step: int, seconds
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "step": step, "seconds": seconds}, tmp)
     os.replace(tmp, path)
+
+
+def _load_state(path: Path, model: Any, opt: Any, sched: Any) -> tuple[int, float]:
+    """Restore a state written by :func:`_save_state`; returns (next step, seconds spent so far)."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    return int(saved["step"]), float(saved.get("seconds", 0.0))

@@ -23,7 +23,7 @@ from vidx.settings import Settings
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from indexer.sync import Embedder, SyncReport
+    from indexer.sync import EmbedOptions, Embedder, SyncReport
     from indexer.train import TrainOptions
     from indexer.trained import ModelRecord
     from search.describe import Description
@@ -88,7 +88,7 @@ class App:
 
     @cached_property
     def embedder(self) -> Embedder:
-        from indexer.sync import EmbedOptions, Embedder
+        from indexer.sync import Embedder
 
         s = self.settings
         # An active trained CBT replaces the concept-tag visual vectors (and so the embedding version).
@@ -104,14 +104,15 @@ class App:
             if missing is not None:
                 logger.warning("%s", missing)
             visual = CbtVisual(active["cbt"], device=s.train_device)
-        return Embedder(
-            EmbedOptions(
-                context_seconds=s.context_seconds,
-                concept_top_k=s.concept_top_k,
-                cache_dir=s.resolved_cache_dir(),
-                threads=s.threads,
-            ),
-            visual_model=visual,
+        return Embedder(self.embed_options(), visual_model=visual)
+
+    def embed_options(self) -> EmbedOptions:
+        from indexer.sync import EmbedOptions
+
+        s = self.settings
+        return EmbedOptions(
+            context_seconds=s.context_seconds, concept_top_k=s.concept_top_k,
+            cache_dir=s.resolved_cache_dir(), threads=s.threads,
         )
 
     def ingest_options(self) -> IngestOptions:
@@ -135,7 +136,6 @@ class App:
 
     def queue_config(self) -> QueueConfig:
         """The distributed mode's plain configuration (broker, catalog, data dir, options)."""
-        from indexer.sync import EmbedOptions
         from indexer.tasks import QueueConfig
 
         s = self.settings
@@ -146,10 +146,7 @@ class App:
             database_url=s.resolved_database_url(),
             data_dir=self.data_dir,
             ingest=self.ingest_options(),
-            embed=EmbedOptions(
-                context_seconds=s.context_seconds, concept_top_k=s.concept_top_k,
-                cache_dir=s.resolved_cache_dir(), threads=s.threads,
-            ),
+            embed=self.embed_options(),
             vector_backend=s.vector_backend,
             qdrant_url=s.qdrant_url,
             qdrant_api_key=s.qdrant_api_key,
@@ -261,7 +258,7 @@ class App:
         crash between the two leaves media whose synced_version does not match the active version:
         the next sync repairs them.
         """
-        from indexer.sync import EmbedOptions, Embedder, exclusive_sync, sync_index
+        from indexer.sync import Embedder, exclusive_sync, sync_index
         from indexer.trained import CbtVisual, assign_visual_tokens, indexed_keys, list_versions, set_active
 
         records = {r.id: r for r in list_versions(self.catalog, self.models_root)}
@@ -277,8 +274,7 @@ class App:
                 progress("cbt vectors", 0.0)
             visual.precompute(self.store, indexed_keys(self.catalog))
         old = self.embedder
-        embedder = Embedder(EmbedOptions(**{f: getattr(old.options, f) for f in old.options.__dataclass_fields__}),
-                            visual_model=visual)
+        embedder = Embedder(old.options, visual_model=visual)  # options are frozen: shared, not copied
         embedder._encoder = old._encoder  # the text encoder is the same; do not load it twice
         # Ctrl-C waits for the swap (seconds: every vector is precomputed): the index writer flushes
         # whatever it holds when closed, and half a swap must never become a generation.
