@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -144,3 +145,14 @@ def test_bad_path_and_config(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         TextEncoderConfig(device="not-a-device")
     assert (packaged_model_path() / "model.safetensors").is_file()
+
+
+def test_module_and_config_import_no_torch() -> None:
+    # Option classes and type hints import this module: loading a model is what brings in torch.
+    code = ("import sys; from models.text_encoder import TextEncoderConfig, packaged_model_path; "
+            "TextEncoderConfig(); packaged_model_path(); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

@@ -182,10 +182,11 @@ class App:
     def engine(self, vectors: VectorIndex) -> SearchEngine:
         from search.engine import SearchEngine
 
-        from models.text_encoder import load_text_encoder
+        from models.onnx_text_encoder import load_query_encoder
 
         # One short query is memory-bound: one thread answers it 3-5x faster than two fighting.
-        encoder = load_text_encoder(threads=1)
+        # ONNX (exported once into the cache): a search without the rerank imports neither torch nor transformers.
+        encoder = load_query_encoder(self.settings.resolved_cache_dir(), threads=1)
         return SearchEngine(self.catalog, self.store, vectors, self.lexical, encoder.encode, reranker=self.reranker())
 
     # -- trained models (vidx train / models / describe) -------------------------------------------
