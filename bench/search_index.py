@@ -143,8 +143,8 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         threshold = {"faiss-exact": 10**12, "faiss-hnsw": 1, "faiss": 20_000}[backend]
         idx = FaissIndex(work / "faiss", dims, hnsw_threshold=threshold, threads=cfg["threads"])
-        out.update(hnsw_m=idx.hnsw_m, ef_construction=idx.ef_construction,
-                   hnsw_threshold=idx.hnsw_threshold, threads=cfg["threads"])
+        out.update(hnsw_m=idx.policy.hnsw_m, ef_construction=idx.policy.ef_construction,
+                   hnsw_threshold=idx.policy.hnsw_threshold, threads=cfg["threads"])
 
     # fill
     t0 = time.perf_counter()
@@ -186,7 +186,7 @@ def run_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if stats:
         out["kind"] = stats["speech"]["kind"]
         if out["kind"] == "hnsw":
-            out["ef"] = idx.ef_for(stats["speech"]["vectors"])
+            out["ef"] = idx.policy.ef_for(stats["speech"]["vectors"])
         out["index_mib"] = round(sum(stats[n]["vector_bytes"] + stats[n]["graph_bytes"] for n in names) / 2**20, 1)
 
     # latency, one query per call

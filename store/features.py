@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from store.files import atomic_write, staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ class FeatureStore:
     ) -> Path:
         """Replace everything stored for ``key`` with ``arrays`` (``name.npy``) and JPEG thumbnails."""
         final = self.path(key)
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        staging = self._tmp / f"{key}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with staged_dir(final, staging_root=self._tmp) as staging:
             for name, array in arrays.items():
                 if not name.isidentifier():
                     raise ValueError(f"expected an identifier as array name, got {name!r}")
@@ -70,17 +67,6 @@ class FeatureStore:
                         (thumbs / f"{i:06d}.jpg").write_bytes(jpeg)
             # meta.json is written last: its presence marks a complete directory.
             (staging / "meta.json").write_text(json.dumps(dict(meta or {}), sort_keys=True))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            old = None
-            if final.exists():
-                old = self._tmp / f"{key}-old-{uuid.uuid4().hex[:8]}"
-                os.replace(final, old)
-            os.replace(staging, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return final
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -91,9 +77,9 @@ class FeatureStore:
         for name, array in arrays.items():
             if not name.isidentifier():
                 raise ValueError(f"expected an identifier as array name, got {name!r}")
-            staging = target / f".{name}-{uuid.uuid4().hex[:8]}.npy"
-            np.save(staging, np.ascontiguousarray(array), allow_pickle=False)
-            os.replace(staging, target / f"{name}.npy")
+            # no fsync: write() does not fsync either, so an added array is as durable as the rest
+            with atomic_write(target / f"{name}.npy", fsync=False) as f:
+                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
     def has(self, key: str, name: str) -> bool:
         return (self.path(key) / f"{name}.npy").is_file()

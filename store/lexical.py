@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from store.files import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +73,7 @@ class LexicalIndex:
                 f"{len(ids)}, {len(media_ids)}, {len(clip_indices)}, {len(texts)}"
             )
         bm25s, _ = _bm25s()
-        staging = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
-        try:
+        with staged_dir(self.path) as staging:
             retriever = None
             if len(texts):
                 retriever = bm25s.BM25()
@@ -87,16 +84,6 @@ class LexicalIndex:
             speech = np.ones(len(ids), dtype=bool) if has_speech is None else np.asarray(has_speech, dtype=bool)
             np.save(staging / "has_speech.npy", speech)
             (staging / "ids.json").write_text(json.dumps(list(ids)))
-            old = None
-            if self.path.exists():
-                old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self.path, old)
-            os.replace(staging, self.path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         self._retriever = retriever
         self._ids = np.asarray(list(ids), dtype=object)
         self._media = np.asarray(media_ids, dtype=np.int64)

@@ -390,16 +390,16 @@ def test_faiss_hnsw_recall_and_filters(tmp_path: Path) -> None:
         assert recall([ids(h) for h in res], keep) >= min_recall
     # with a narrow beam the same kind of filter goes through HNSW + IDSelectorBitmap
     exact_calls = []
-    real_exact = idx._exact_subset
-    idx._exact_subset = lambda *a: exact_calls.append(1) or real_exact(*a)  # type: ignore[method-assign]
-    idx.ef_search = 16
+    real_exact = idx.policy.exact_subset
+    idx.policy.exact_subset = lambda *a: exact_calls.append(1) or real_exact(*a)  # type: ignore[method-assign]
+    idx.policy.ef_search = 16
     f = Filter(has_speech=True)
     res = idx.search_batch("speech", qs, 10, f)
     assert not exact_calls
     assert all(len(h) == 10 and all(x.payload["has_speech"] for x in h) for h in res)
     assert recall([ids(h) for h in res], lambda i: i % 2 == 0) >= 0.8
-    idx.ef_search = None
-    del idx._exact_subset
+    idx.policy.ef_search = None
+    del idx.policy.exact_subset
     # replaying the same points changes nothing in HNSW
     idx.upsert(points[:300])
     assert idx.stats()["speech"]["stale"] == 0 and idx.count() == n
