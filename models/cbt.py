@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.videobert import write_checkpoint
+from models import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -269,18 +268,13 @@ def embed_video(model: CBT, features: np.ndarray | torch.Tensor, batch_size: int
 # Checkpoints
 
 
-def save_checkpoint(path: str | Path, model: CBT, config: CBTConfig | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """torch.save of {format, config dict, state_dict, extra} (extra: plain types only), via a temporary name."""
-    return write_checkpoint(path, FORMAT, (config or model.config).to_dict(), model, extra)
+def save_checkpoint(file: IO[bytes], model: CBT, config: CBTConfig | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """{format, config dict, state_dict, extra} (extra: plain types only) to an open binary file (the caller
+    opens the destination)."""
+    checkpoint.save(file, FORMAT, config or model.config, model, extra)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CBT, CBTConfig, dict[str, Any]]:
+def load_checkpoint(source: checkpoint.Source, device: str | torch.device = "cpu") -> tuple[CBT, CBTConfig, dict[str, Any]]:
     """(model in eval mode on device, config, extra), loaded weights_only."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a CBT checkpoint (expected format {FORMAT})")
-    config = CBTConfig.from_dict(payload["config"])
-    model = CBT(config)
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), config, payload["extra"]
+    return checkpoint.load(source, FORMAT, "CBT", CBTConfig.from_dict, CBT, device)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -598,59 +598,17 @@ def align_score(model: VideoBERT, text_ids: Sequence[int], visual_tokens: Sequen
 # Checkpoints
 
 
-def plain(value: Any, where: str = "extra") -> Any:
-    """A copy of value that weights_only loading accepts: numbers, str, bool, None, tensors, lists and dicts.
-
-    numpy scalars and arrays become Python numbers and lists; anything else is a ValueError now, at save
-    time, rather than an unreadable checkpoint later.
-    """
-    # numpy scalars first: np.float64 and np.str_ subclass float and str, and weights_only loading rejects them
-    if isinstance(value, np.generic):
-        return plain(value.item(), where)
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist(), where)
-    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (bool, int, float, str)):  # other subclasses (IntEnum, ...): the plain base value
-        for base in (bool, int, float, str):
-            if isinstance(value, base):
-                return base(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
-    raise ValueError(f"{where}: expected numbers, strings, tensors, lists or dicts, got {type(value).__name__}")
+def save_checkpoint(file: IO[bytes], model: VideoBERT, config: VideoBertConfig | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """{format, config dict, state_dict, extra} to an open binary file (the caller opens the destination);
+    extra must hold plain types (numbers, str, lists, dicts, tensors) so weights_only loading can read it."""
+    checkpoint.save(file, FORMAT, config or model.config, model, extra)
 
 
-def save_checkpoint(path: str | Path, model: VideoBERT, config: VideoBertConfig | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """torch.save of {format, config dict, state_dict, extra}; extra must hold plain types (numbers, str,
-    lists, dicts, tensors) so weights_only loading can read it. Written to a temporary name, then renamed."""
-    return write_checkpoint(path, FORMAT, (config or model.config).to_dict(), model, extra)
-
-
-def write_checkpoint(path: str | Path, fmt: str, config: dict[str, Any], model: nn.Module,
-                     extra: dict[str, Any] | None) -> Path:
-    """{format, config, state_dict on the CPU, extra as plain types} to a temporary name, then renamed."""
-    path = Path(path)
-    payload = {"format": fmt, "config": config,
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": plain(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoBERT, VideoBertConfig,
-                                                                                   dict[str, Any]]:
+def load_checkpoint(source: checkpoint.Source, device: str | torch.device = "cpu"
+                    ) -> tuple[VideoBERT, VideoBertConfig, dict[str, Any]]:
     """(model in eval mode on device, config, extra) from save_checkpoint's file, loaded weights_only."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a VideoBERT checkpoint (expected format {FORMAT})")
-    config = VideoBertConfig.from_dict(payload["config"])
-    model = VideoBERT(config)
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), config, payload["extra"]
+    return checkpoint.load(source, FORMAT, "VideoBERT", VideoBertConfig.from_dict, VideoBERT, device)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -659,4 +617,4 @@ def parameter_count(model: nn.Module) -> int:
 
 __all__ = ["VideoBertConfig", "VideoBERT", "build_inputs", "mask_tokens", "shuffle_negatives", "fill_text",
            "predict_next_visual", "align_score", "align_scores", "save_checkpoint", "load_checkpoint",
-           "visual_id", "parameter_count", "plain", "IGNORE"]
+           "visual_id", "parameter_count", "IGNORE"]

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -254,19 +255,15 @@ class VisualVocab:
 
     # -- persistence ----------------------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Write an .npz (plain arrays, no pickle); written to a temporary name first, then renamed."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
+    def save(self, file: IO[bytes]) -> None:
+        """Write the .npz (plain arrays, no pickle) to an open binary file; the caller opens the destination."""
         cfg = asdict(self.config)
-        np.savez(tmp, format=np.array(FORMAT), branching=np.int64(self.branching), depth=np.int64(self.depth),
+        np.savez(file, format=np.array(FORMAT), branching=np.int64(self.branching), depth=np.int64(self.depth),
                  dim=np.int64(self.dim), node_level=self.node_level, node_prefix=self.node_prefix,
                  node_start=self.node_start, node_count=self.node_count, centroids=self._centroids,
                  counts=self.counts,
                  config_keys=np.array(list(cfg.keys())),
                  config_values=np.array([-1 if v is None else int(v) for v in cfg.values()], np.int64))
-        tmp.replace(path)
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> VisualVocab:

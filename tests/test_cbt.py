@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,12 +183,18 @@ def test_embed_video_and_windows() -> None:
         embed_video(model, np.zeros((3, 5), np.float32))
 
 
+def _save(path: Path, model: CBT, config: CBTConfig, extra: dict | None = None) -> Path:
+    with path.open("wb") as f:
+        save_checkpoint(f, model, config, extra)
+    return path
+
+
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(3)
     c = tiny_config(dropout=0.1)
     model = CBT(c)
     extra = {"epoch": 2, "metrics": {"r1": 0.5}}
-    path = save_checkpoint(tmp_path / "cbt.pt", model, c, extra)
+    path = _save(tmp_path / "cbt.pt", model, c, extra)
     loaded, config, got = load_checkpoint(path)
     assert config == c and got == extra and not loaded.training
     sd, sd2 = model.state_dict(), loaded.state_dict()
@@ -198,9 +205,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model.eval()
     assert torch.equal(model.embed_clips(feats, pad), loaded.embed_clips(feats, pad))
     # numpy scalars (np.float64 / np.str_ subclass float / str) are stored as plain values weights_only can load.
-    save_checkpoint(tmp_path / "np.pt", model, c, {"r1": np.float64(0.25), "n": np.int64(3), "ok": np.bool_(True),
-                                                   "m": {"name": np.str_("a"), "l": [np.float64(1.0)]}})
-    got = load_checkpoint(tmp_path / "np.pt")[2]
+    buffer = io.BytesIO()  # any binary file object: the caller decides where (and how atomically) it goes
+    save_checkpoint(buffer, model, c, {"r1": np.float64(0.25), "n": np.int64(3), "ok": np.bool_(True),
+                                       "m": {"name": np.str_("a"), "l": [np.float64(1.0)]}})
+    buffer.seek(0)
+    got = load_checkpoint(buffer)[2]
     assert got == {"r1": 0.25, "n": 3, "ok": True, "m": {"name": "a", "l": [1.0]}}
     assert type(got["r1"]) is float and type(got["n"]) is int and type(got["m"]["name"]) is str
     torch.save({"format": "something else"}, tmp_path / "other.pt")
@@ -210,12 +219,12 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 def test_cbt_visual_cache_keeps_vectors_and_version_in_one_file(tmp_path: Path) -> None:
     """The cached vectors' model id is in the array name: no separate version stamp to get out of step."""
-    from indexer.trained import CbtVisual, ModelRecord, ModelUnavailableError
+    from indexer.training.registry import CbtVisual, ModelRecord, ModelUnavailableError
     from store.features import FeatureStore
 
     torch.manual_seed(5)
     c = tiny_config()
-    paths = [save_checkpoint(tmp_path / f"cbt{i}.pt", CBT(c), c) for i in (1, 2)]
+    paths = [_save(tmp_path / f"cbt{i}.pt", CBT(c), c) for i in (1, 2)]
     a = CbtVisual(ModelRecord(1, "cbt", "run-0001", paths[0], {}, True))
     b = CbtVisual(ModelRecord(2, "cbt", "run-0002", paths[1], {}, False))
     store = FeatureStore(tmp_path / "features")

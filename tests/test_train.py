@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from indexer.train import TrainingInterrupted, _auc, _r1, recommend, train_library
-from indexer.training_data import (
+from indexer.training.data import (
     HELDOUT,
     TRAIN,
     DataOptions,
@@ -23,6 +22,8 @@ from indexer.training_data import (
     split_sentences,
     weak_text,
 )
+from indexer.training.loop import TrainingInterrupted, train_library
+from indexer.training.metrics import auc, r1, recommend
 from store.catalog import Clip, Job, Media, ModelVersion
 from conftest import have
 
@@ -115,11 +116,11 @@ def test_no_example_mixes_training_and_heldout_clips() -> None:
 
 
 def test_auc_and_r1() -> None:
-    assert _auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
-    assert _auc([0.5, 0.5], [1, 0]) == 0.5
-    assert _auc([0.1], [1]) is None
+    assert auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auc([0.5, 0.5], [1, 0]) == 0.5
+    assert auc([0.1], [1]) is None
     sim = np.array([[0.9, 0.1], [0.8, 0.2]])
-    assert _r1(sim) == 0.5
+    assert r1(sim) == 0.5
 
 
 def test_activation_rule() -> None:
@@ -297,7 +298,7 @@ def test_one_trainer_per_data_directory(tmp_path: Path) -> None:
     import fcntl
     import os
 
-    from indexer.train import TrainerBusyError
+    from indexer.training.loop import TrainerBusyError
 
     root = tmp_path / "models"
     root.mkdir()
@@ -313,8 +314,8 @@ def test_one_trainer_per_data_directory(tmp_path: Path) -> None:
 def test_train_device_is_checked_with_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from indexer.train import TrainOptions
-    from indexer.trained import resolve_device
+    from indexer.training.loop import TrainOptions
+    from indexer.training.registry import resolve_device
     from vidx.cli import app as cli
 
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'gpu'"):
@@ -341,7 +342,7 @@ def test_cli_train_when_the_index_is_busy_keeps_the_run_and_says_how_to_activate
     """Training succeeded but another process holds the index's writer lock: a warning, not a traceback."""
     from types import SimpleNamespace
 
-    import indexer.train
+    import indexer.training.loop
     from store.vectors import IndexLockedError
     from vidx.app import App
     from vidx.cli import app as cli
@@ -350,7 +351,7 @@ def test_cli_train_when_the_index_is_busy_keeps_the_run_and_says_how_to_activate
             "conse_v2t_r1", "conse_t2v_r1", "align_t2v_r1")
     result = SimpleNamespace(run="run-0007", job_id=3, resumed=False, seconds=1.0, versions={"videobert": 5, "cbt": 6},
                              recommended={"videobert": True, "cbt": True}, metrics={"heldout": dict.fromkeys(keys, 0.5)})
-    monkeypatch.setattr(indexer.train, "train_library", lambda *a, **k: result)
+    monkeypatch.setattr(indexer.training.loop, "train_library", lambda *a, **k: result)
 
     def locked(self: App, active: dict, **kw: object) -> None:
         raise IndexLockedError("index is open for writing by another process")

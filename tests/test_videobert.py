@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -239,6 +240,12 @@ def test_minilm_init_matches_bert_model() -> None:
         VideoBERT.from_text_encoder(path, VideoBertConfig(visual_vocab_size=12, hidden=64, heads=4))
 
 
+def _save(path: Path, model: VideoBERT, config: VideoBertConfig, extra: dict | None = None) -> Path:
+    with path.open("wb") as f:
+        save_checkpoint(f, model, config, extra)
+    return path
+
+
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(2)
     c = tiny_config(dropout=0.1)
@@ -246,7 +253,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         model.mlm_bias.normal_()
     extra = {"step": 12, "metrics": {"visual_acc": 0.25}, "vocab": "vocab.npz"}
-    path = save_checkpoint(tmp_path / "vb.pt", model, c, extra)
+    path = _save(tmp_path / "vb.pt", model, c, extra)
     loaded, config, got = load_checkpoint(path)
     assert config == c and got == extra and not loaded.training
     sd, sd2 = model.state_dict(), loaded.state_dict()
@@ -258,14 +265,16 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     assert torch.equal(model(*args), loaded(*args))
     # numpy values in extra are stored as plain numbers (weights_only loading refuses numpy objects).
-    save_checkpoint(tmp_path / "np.pt", model, c, {"auc": np.float32(0.75), "hist": np.arange(3)})
-    assert load_checkpoint(tmp_path / "np.pt")[2] == {"auc": 0.75, "hist": [0, 1, 2]}
+    buffer = io.BytesIO()  # any binary file object: the caller decides where (and how atomically) it goes
+    save_checkpoint(buffer, model, c, {"auc": np.float32(0.75), "hist": np.arange(3)})
+    buffer.seek(0)
+    assert load_checkpoint(buffer)[2] == {"auc": 0.75, "hist": [0, 1, 2]}
     with pytest.raises(ValueError, match="extra.bad"):
-        save_checkpoint(tmp_path / "bad.pt", model, c, {"bad": object()})
+        save_checkpoint(io.BytesIO(), model, c, {"bad": object()})
     # np.float64 and np.str_ subclass float and str: they too must become plain Python values, nested included.
     numpy_extra = {"f": np.float64(0.5), "i": np.int64(7), "s": np.str_("vocab.npz"), "b": np.bool_(True),
                    "nested": {"l": [np.float64(1.5), (np.int64(2), np.str_("x"))], "d": {"b": np.bool_(False)}}}
-    save_checkpoint(tmp_path / "np64.pt", model, c, numpy_extra)
+    _save(tmp_path / "np64.pt", model, c, numpy_extra)
     got64 = load_checkpoint(tmp_path / "np64.pt")[2]
     assert got64 == {"f": 0.5, "i": 7, "s": "vocab.npz", "b": True,
                      "nested": {"l": [1.5, [2, "x"]], "d": {"b": False}}}

@@ -103,7 +103,9 @@ def test_small_nodes_get_fewer_children_or_stay_leaves() -> None:
 def test_save_load_round_trip(tmp_path: Path) -> None:
     x, _, _ = two_level_data(seed=4)
     vocab = VisualVocab.fit(x, VocabConfig(branching=3, max_depth=3, min_clips_per_leaf=2, seed=5))
-    path = vocab.save(tmp_path / "vocab.npz")
+    path = tmp_path / "vocab.npz"
+    with path.open("wb") as f:
+        vocab.save(f)
     loaded = VisualVocab.load(path)
     assert (loaded.branching, loaded.depth, loaded.dim, loaded.size) == (vocab.branching, vocab.depth, vocab.dim,
                                                                          vocab.size)
