@@ -334,7 +334,7 @@ def test_train_device_is_checked_with_one_line_errors(tmp_path: Path, monkeypatc
     assert len(res.output.strip().splitlines()) == 1
     monkeypatch.setenv("VIDX_TRAIN_DEVICE", "gpu")
     res = CliRunner().invoke(cli, ["train", "--data-dir", data_dir])
-    assert res.exit_code == 2 and "bad VIDX_ setting" in res.output, res.output
+    assert res.exit_code == 2 and "bad setting VIDX_TRAIN_DEVICE" in res.output, res.output
 
 
 def test_cli_train_when_the_index_is_busy_keeps_the_run_and_says_how_to_activate(
@@ -370,9 +370,9 @@ def test_cli_train_when_the_index_is_busy_keeps_the_run_and_says_how_to_activate
 def test_file_names_match_literally_not_as_like_patterns(tmp_path: Path) -> None:
     """`_` and `%` in a file name are characters, not LIKE wildcards (describe, search --media, --path-prefix)."""
     import migrations
-    from search.describe import resolve_media
     from search.engine import SearchEngine, SearchFilters
     from store.catalog import Catalog, MediaStatus
+    from store.queries import resolve_media
 
     catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     migrations.upgrade(catalog.engine)
@@ -381,8 +381,8 @@ def test_file_names_match_literally_not_as_like_patterns(tmp_path: Path) -> None
             session.add(Media(path=path, content_hash=f"{i:02d}" * 32, status=MediaStatus.INDEXED))
     with catalog.session() as session:
         ids = {m.path: m.id for m in session.scalars(select(Media))}
-    assert resolve_media(catalog, "a_b.mp4")[1] == "/v/a_b.mp4"
-    assert resolve_media(catalog, "100%.mp4")[1] == "/v/100%.mp4"
+    assert resolve_media(catalog, "a_b.mp4").path == "/v/a_b.mp4"
+    assert resolve_media(catalog, "100%.mp4").path == "/v/100%.mp4"
     engine = SearchEngine(catalog, None, None, None, None)  # type: ignore[arg-type]
     assert engine.resolve_filters(SearchFilters(media=("a_b.mp4",))) == {ids["/v/a_b.mp4"]}
     assert engine.resolve_filters(SearchFilters(media=("100%.mp4",))) == {ids["/v/100%.mp4"]}
