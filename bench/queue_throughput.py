@@ -126,10 +126,11 @@ def _wait_jobs(catalog: Catalog, ids: list[int], timeout: float) -> dict[str, in
 
 
 def _wait_synced(catalog: Catalog, timeout: float) -> None:
-    from indexer.tasks import stale_media
+    from indexer.embed import EMBEDDING_VERSION
+    from store.queries import count_stale
 
     deadline = time.monotonic() + timeout
-    while stale_media(catalog) and time.monotonic() < deadline:
+    while count_stale(catalog, EMBEDDING_VERSION) and time.monotonic() < deadline:
         time.sleep(0.25)
 
 
@@ -166,13 +167,14 @@ def run_queue(files: list[Path], tmp: Path, broker: str, processes: int, timeout
 def run_overhead(tmp: Path, broker: str, pings: int) -> dict[str, float]:
     """Empty four-stage chains through one worker process: the queue's cost per file."""
     from indexer.tasks import PING_TASK, QueueConfig, create_app, enqueue
+    from indexer.wiring import Deployment
 
     db = FreshDatabase()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     env = _env(VIDX_BROKER_URL=broker, VIDX_DATABASE_URL=db.url, VIDX_DATA_DIR=str(tmp / "ping"), VIDX_QUEUE_PREFIX=prefix)
     catalog = Catalog(db.url)
     migrations.upgrade(catalog.engine)
-    app = create_app(QueueConfig(broker_url=broker, database_url=db.url, data_dir=tmp / "ping", prefix=prefix))
+    app = create_app(QueueConfig(broker_url=broker, deployment=Deployment(tmp / "ping", db.url), prefix=prefix))
     workers = Workers(env, 1, tmp / "worker-ping.log")
     try:
         warm = create_jobs(catalog, [Path(f"/warm-{i}") for i in range(5)])

@@ -55,7 +55,7 @@ def sentences() -> list[str]:
 def build(data: Path, n: int, rng: np.random.Generator, pool: list[str]) -> dict[str, float]:
     from sqlalchemy import insert
 
-    from indexer.sync import EMBEDDING_VERSION
+    from indexer.embed import EMBEDDING_VERSION
     from store.catalog import Clip, Media, TranscriptSegment
     from store.vectors import Point, point_id
     from vidx.app import App

@@ -80,12 +80,12 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from search.evaluate import load_manifest
     from vidx.app import App
-    from vidx.cli import _ingest_files
+    from vidx.cli.ingest import ingest_files
     from vidx.settings import Settings
 
     spec = load_manifest(args.manifest)
     vapp = App(Settings(data_dir=args.data_dir))
-    counts = _ingest_files(vapp, sorted(set(spec.media.values())), as_json=False, quiet=True)
+    counts = ingest_files(vapp, sorted(set(spec.media.values())), as_json=False, quiet=True)
     if counts.get("failed"):
         raise SystemExit(f"{counts['failed']} manifest files failed to ingest")
     vapp.switch_models({"videobert": None, "cbt": None})  # measure training from the untrained engine

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.text_encoder import TextEncoder
+from store.files import atomic_write
+
+if TYPE_CHECKING:
+    from models.text_encoder import TextEncoder
+    from store.features import FeatureStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,23 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 # Bumped whenever the label text or vectors change for the same inputs, so old caches are ignored.
 _LABEL_CACHE_VERSION = 1
 
+# Part of every point id: a new embedding model gives new ids, so old and new never mix.
+EMBEDDING_VERSION = "minilm-l6+conse/v1"
+VECTOR_DIMS = {"speech": 384, "visual": 384}
+
 Word = tuple[float, float, str]
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How clips are embedded; built from Settings at the entry points."""
+
+    context_seconds: float = DEFAULT_CONTEXT
+    concept_top_k: int = 10
+    lexical_concepts: int = 3
+    lexical_min_prob: float = 0.05
+    cache_dir: Path = Path("vidx-data/cache")
+    threads: int = 0
 
 
 @dataclass
@@ -56,6 +75,37 @@ class ClipEmbeddings:
     visual: np.ndarray  # float16 (n, dim), unit length; zeros where has_visual is False
     has_visual: np.ndarray  # bool (n,)
     speech_text: list[str]  # the transcript window each speech vector was made from, "" if none
+
+    _ARRAYS = ("speech", "has_speech", "visual", "has_visual", "speech_text")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The feature-store arrays of one file's embeddings, stamped with their version."""
+        return {
+            "speech": self.speech.astype(np.float16),
+            "has_speech": self.has_speech.astype(bool),
+            "visual": self.visual.astype(np.float16),
+            "has_visual": self.has_visual.astype(bool),
+            "speech_text": np.asarray(self.speech_text, dtype=np.str_).reshape(-1),
+            "embedding_version": np.asarray([EMBEDDING_VERSION]),
+        }
+
+    @classmethod
+    def load(cls, store: FeatureStore, key: str) -> ClipEmbeddings | None:
+        """The stored embeddings of one file if present and made by the current version, else None."""
+        if not all(store.has(key, name) for name in (*cls._ARRAYS, "embedding_version")):
+            return None
+        if str(store.load(key, "embedding_version").reshape(-1)[0]) != EMBEDDING_VERSION:
+            return None
+        return cls(
+            speech=store.load(key, "speech"),
+            has_speech=store.load(key, "has_speech"),
+            visual=store.load(key, "visual"),
+            has_visual=store.load(key, "has_visual"),
+            speech_text=[str(t) for t in store.load(key, "speech_text")],
+        )
+
+    def save(self, store: FeatureStore, key: str) -> None:
+        store.put(key, self.to_arrays())
 
 
 # -- speech ---------------------------------------------------------------------------------------
@@ -169,17 +219,10 @@ def cached_label_embeddings(
             logger.warning("ignoring unreadable label cache %s: %s", path, e)
     labels = label_embeddings(encoder, names, templates)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Unique temp name in the same directory, then os.replace: concurrent workers each write their
-    # own file, the last rename wins, and no reader ever sees a half-written array.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, labels, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data directory may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Concurrent workers each write their own temp file, the last rename wins, and no reader
+    # ever sees a half-written array.
+    with atomic_write(path) as f:
+        np.save(f, labels, allow_pickle=False)
     return labels
 
 
@@ -255,3 +298,52 @@ def embed_clips(
     logger.debug("embedded %d clips: %d with speech (%d distinct windows), %d with visual concepts in %.2f s",
                  n, int(has_speech.sum()), len(distinct), int(has_visual.sum()), time.perf_counter() - t0)
     return ClipEmbeddings(speech.astype(np.float16), has_speech, visual.astype(np.float16), has_visual, texts)
+
+
+class Embedder:
+    """The stage's models: the text encoder and the ImageNet label embeddings, loaded once on first use."""
+
+    def __init__(self, options: EmbedOptions, visual_model: Any = None, *, encoder: TextEncoder | None = None) -> None:
+        self.options = options
+        # A trained visual model (indexer.training CbtVisual) replaces the concept-tag visual vectors.
+        self.visual_model = visual_model
+        self._encoder = encoder
+        self._labels: np.ndarray | None = None
+
+    def with_visual(self, visual_model: Any) -> Embedder:
+        """The same options and the same (already loaded) text encoder, with another visual model."""
+        return Embedder(self.options, visual_model, encoder=self._encoder)
+
+    @property
+    def version(self) -> str:
+        """The index's embedding version: part of every point id and of media.synced_version."""
+        if self.visual_model is None:
+            return EMBEDDING_VERSION
+        return f"{EMBEDDING_VERSION}+{self.visual_model.version}"
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            from models.text_encoder import load_text_encoder
+
+            self._encoder = load_text_encoder(threads=self.options.threads)
+        return self._encoder
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            from indexer.clip_features import imagenet_names
+
+            self._labels = cached_label_embeddings(self.encoder, imagenet_names(), self.options.cache_dir)
+        return self._labels
+
+    def embed(self, clips: Sequence[tuple[float, float]], words: Sequence[Word], probs: np.ndarray | None) -> ClipEmbeddings:
+        return embed_clips(
+            clips,
+            words,
+            probs.astype(np.float32) if probs is not None else None,
+            self.encoder,
+            self.labels if probs is not None else None,
+            context=self.options.context_seconds,
+            top_k=self.options.concept_top_k,
+        )

@@ -6,7 +6,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -220,6 +221,37 @@ def heartbeat(catalog: Catalog, job_id: int, owner: str, interval: float) -> Ite
         thread.join(timeout=5)
 
 
+class JobReporter:
+    """Mirrors a job's stage and progress into its row, at most every ``interval`` seconds (thread-safe).
+
+    ``callback`` (if any) hears every report, unthrottled; ``force`` writes the row now (a stage change).
+    """
+
+    def __init__(self, catalog: Catalog, job_id: int, callback: Callable[[str, float], None] | None = None,
+                 interval: float = 1.0) -> None:
+        self.catalog = catalog
+        self.job_id = job_id
+        self.callback = callback
+        self.interval = interval
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, stage: str, fraction: float, *, force: bool = False) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.callback is not None:
+            self.callback(stage, fraction)
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last < self.interval:
+                return
+            self._last = now
+        with self.catalog.session() as session:
+            job = session.get(Job, self.job_id)
+            if job is not None:
+                job.stage = stage
+                job.progress = round(fraction, 4)
+
+
 def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -> None:
     """Raise ``ValueError`` (a one-line reason) unless ``job`` may be put back on the queue."""
     if job is None:
@@ -231,6 +263,18 @@ def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -
     if job.state == JobState.RUNNING and job.worker and owner_alive(job.worker, job.heartbeat_at, heartbeat_timeout):
         # A second chain of stages would race the live one for the file.
         raise ValueError(f"job {job_id} is running on {job.worker} (heartbeat is fresh); it is not stuck")
+
+
+def retry_problems(catalog: Catalog, job_ids: Sequence[int], heartbeat_timeout: float = 60.0) -> list[str]:
+    """Why each of ``job_ids`` may not be retried (one line each); empty when all may."""
+    problems = []
+    with catalog.session() as session:
+        for job_id in job_ids:
+            try:
+                check_retry(session.get(Job, job_id), job_id, heartbeat_timeout)
+            except ValueError as e:
+                problems.append(str(e))
+    return problems
 
 
 def retry_job(catalog: Catalog, job_id: int, *, heartbeat_timeout: float = 60.0) -> None:

@@ -1,49 +1,41 @@
-"""The ingestion stages of one file (probe, analyse, embed, write) and the embedded schedule that runs them in-process."""
+"""The stages of one ingest job (probe, analyse, embed, write), the runner both schedules share, and the embedded schedule."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from indexer.clips import make_clips
-from indexer.decode import VideoDecoder
-from indexer.features import FrameEncoder, pool_clips
+from indexer.analyse import IngestOptions, analyse
+from indexer.claims import Verdict, claim, content_hash, unchanged
+from indexer.embed import ClipEmbeddings
 from indexer.jobs import (
     STAGES,
     TERMINAL,
+    JobReporter,
     StageStart,
     abandon,
     begin_stage,
     create_jobs,
     end_stage,
-    fail_row,
     finish_job,
     heartbeat,
-    owner_alive,
     release,
     worker_id,
 )
 from indexer.probe import ProbeResult, probe
-from indexer.thumbnails import ThumbnailCollector
-from indexer.transcribe import Segment, TranscribeOptions, Transcript, iter_segments
 from indexer.write import Analysis, ClaimLostError, write_analysis
+from store.catalog import Catalog, Job, Media
+from store.features import FeatureStore
 
 if TYPE_CHECKING:
-    from indexer.sync import Embedder
-from store.catalog import Catalog, Job, Media, MediaStatus
-from store.features import FeatureStore
+    from indexer.embed import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -57,23 +49,6 @@ MEDIA_EXTENSIONS = frozenset(
 
 ProgressFn = Callable[[str, float], None]
 Status = Literal["indexed", "skipped", "duplicate", "failed"]
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """How files are analysed; built from Settings at the entry points."""
-
-    feature_fps: float = 1.0
-    clip_seconds: float = 1.5
-    frame_size: int = 224
-    scene_threshold: float = 10.0
-    skip_nonref: bool = True
-    top_concepts: int = 5
-    batch_size: int = 16
-    threads: int = 0
-    thumbnail_width: int = 192
-    transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
-    cache_dir: Path = Path("vidx-data/cache")
 
 
 @dataclass
@@ -100,166 +75,6 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
                         yield Path(root) / name
         else:
             yield path
-
-
-def content_hash(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class _JobReporter:
-    """Mirrors stage and progress into the job row, at most every ``interval`` seconds."""
-
-    def __init__(self, catalog: Catalog, job_id: int, callback: ProgressFn | None, interval: float = 1.0) -> None:
-        self.catalog = catalog
-        self.job_id = job_id
-        self.callback = callback
-        self.interval = interval
-        self._last = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self, stage: str, fraction: float, *, force: bool = False) -> None:
-        fraction = min(max(fraction, 0.0), 1.0)
-        if self.callback is not None:
-            self.callback(stage, fraction)
-        now = time.monotonic()
-        with self._lock:
-            if not force and now - self._last < self.interval:
-                return
-            self._last = now
-        with self.catalog.session() as session:
-            job = session.get(Job, self.job_id)
-            if job is not None:
-                job.stage = stage
-                job.progress = fraction
-
-
-def analyse(
-    path: Path,
-    info: ProbeResult,
-    digest: str,
-    options: IngestOptions,
-    progress: ProgressFn | None = None,
-    timings: dict[str, float] | None = None,
-) -> Analysis:
-    """Decode, featurise, cut into clips and transcribe one probed file (no catalog access)."""
-    timings = timings if timings is not None else {}
-    report = progress or (lambda stage, fraction: None)
-    video_share = 0.7 if info.has_video and info.has_audio else 1.0
-    state = {"video": 0.0, "audio": 0.0}
-
-    def combined(stage: str) -> None:
-        total = video_share * state["video"] + (1 - video_share) * state["audio"] if info.has_video else state["audio"]
-        report(stage, total)
-
-    stop = threading.Event()
-    asr_future: Future[Transcript] | None = None
-    executor: ThreadPoolExecutor | None = None
-    if info.has_audio:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidx-asr")
-
-        def run_asr() -> Transcript:
-            t0 = time.perf_counter()
-            segments: list[Segment] = []
-            stream, asr_info = iter_segments(path, options.transcribe, options.cache_dir)
-            for seg in stream:
-                if stop.is_set():
-                    break
-                segments.append(seg)
-                state["audio"] = min(seg.end / max(info.duration, 1e-6), 1.0)
-                combined("transcribe")
-            timings["transcribe"] = time.perf_counter() - t0
-            return Transcript(
-                language=asr_info.language,
-                language_probability=asr_info.language_probability,
-                duration=info.duration,
-                segments=segments,
-            )
-
-        asr_future = executor.submit(run_asr)
-
-    try:
-        clip_features = None
-        thumbnails: list[bytes | None] = []
-        cuts: list[float] = []
-        if info.has_video:
-            t0 = time.perf_counter()
-            encoder = FrameEncoder(batch_size=options.batch_size, threads=options.threads)
-            collector = ThumbnailCollector(max_width=options.thumbnail_width)
-            times: list[float] = []
-            feats: list[np.ndarray] = []
-            probs: list[np.ndarray] = []
-            batch: list[np.ndarray] = []
-            encode_s = 0.0
-
-            def flush() -> None:
-                nonlocal encode_s
-                if batch:
-                    t = time.perf_counter()
-                    f, p = encoder.encode(np.stack(batch))
-                    encode_s += time.perf_counter() - t
-                    feats.append(f.astype(np.float16))
-                    probs.append(p.astype(np.float16))
-                    batch.clear()
-
-            with VideoDecoder(
-                path,
-                fps=options.feature_fps,
-                short_side=options.frame_size,
-                scene_threshold=options.scene_threshold,
-                threads=options.threads,
-                info=info,
-                skip_nonref=options.skip_nonref,
-            ) as decoder:
-                expected = max(decoder.frames_total_estimate, 1)
-                for frame in decoder:
-                    times.append(frame.time)
-                    batch.append(frame.rgb)
-                    collector.add(frame)
-                    if len(batch) >= options.batch_size:
-                        flush()
-                        state["video"] = min(len(times) / expected, 1.0)
-                        combined("features")
-                flush()
-                cuts = list(decoder.cuts)
-            timings["video"] = time.perf_counter() - t0
-            timings["encode"] = encode_s
-            clips = make_clips(info.duration, cuts, options.clip_seconds)
-            clip_features = pool_clips(
-                np.asarray(times, dtype=np.float64),
-                np.concatenate(feats).astype(np.float32),
-                np.concatenate(probs).astype(np.float32),
-                [(c.start, c.end) for c in clips],
-                top_k=options.top_concepts,
-            )
-            thumbnails = list(collector.for_clips(clips))
-            state["video"] = 1.0
-            combined("features")
-        else:
-            clips = make_clips(info.duration, [], options.clip_seconds)
-
-        transcript = None
-        if asr_future is not None:
-            report("transcribe", state["audio"])
-            transcript = asr_future.result()
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True)
-    return Analysis(
-        probe=info,
-        content_hash=digest,
-        clips=clips,
-        clip_features=clip_features,
-        thumbnails=thumbnails,
-        transcript=transcript,
-        cuts=cuts,
-    )
 
 
 @dataclass
@@ -304,17 +119,14 @@ class StepResult:
         return self.start in ("run", "done") and self.result is None
 
 
-def _embed(embedder: Embedder, analysis: Analysis) -> dict[str, np.ndarray]:
-    from indexer.sync import embedding_arrays
-
+def _embed(embedder: Embedder, analysis: Analysis) -> ClipEmbeddings:
     words = [
         (w.start, w.end, w.word)
         for seg in (analysis.transcript.segments if analysis.transcript is not None else [])
         for w in seg.words
     ]
     probs = analysis.clip_features.probs if analysis.clip_features is not None else None
-    emb = embedder.embed([(c.start, c.end) for c in analysis.clips], words, probs)
-    return embedding_arrays(emb)
+    return embedder.embed([(c.start, c.end) for c in analysis.clips], words, probs)
 
 
 def one_line(error: BaseException) -> str:
@@ -324,12 +136,11 @@ def one_line(error: BaseException) -> str:
     return message if isinstance(error, ValueError) else f"{type(error).__name__}: {message}"
 
 
-def _terminal(job_id: int, path: str, status: Status, media: Media | None, reason: str) -> IngestResult:
-    result = IngestResult(path=path, status=status, job_id=job_id, reason=reason)
-    if media is not None:
-        result.media_id, result.duration = media.id, media.duration
-        result.clips, result.segments = media.clip_count, media.segment_count
-    return result
+def _terminal(job_id: int, path: str, verdict: Verdict) -> IngestResult:
+    return IngestResult(
+        path=path, status=verdict.status, job_id=job_id, reason=verdict.reason, media_id=verdict.media_id,
+        duration=verdict.duration, clips=verdict.clips, segments=verdict.segments,
+    )
 
 
 def probe_stage(
@@ -351,15 +162,9 @@ def probe_stage(
     if path.is_dir():
         raise ValueError(f"expected a media file, got a directory: {path}")
     stat = path.stat()
-    with catalog.session() as session:
-        media = session.scalar(select(Media).where(Media.path == str(path)))
-        if (
-            media is not None
-            and media.status == MediaStatus.INDEXED
-            and media.size_bytes == stat.st_size
-            and media.mtime_ns == stat.st_mtime_ns
-        ):
-            return _terminal(job_id, str(path), "skipped", media, "already indexed")
+    skip = unchanged(catalog, path, stat)
+    if skip is not None:
+        return _terminal(job_id, str(path), skip)
 
     report("hash", 0.0, force=True)  # type: ignore[call-arg]
     t0 = time.perf_counter()
@@ -368,14 +173,14 @@ def probe_stage(
 
     for attempt in range(2):
         try:
-            claimed = _claim(catalog, job_id, path, stat, digest, heartbeat_timeout)
+            claimed = claim(catalog, job_id, path, stat, digest, heartbeat_timeout)
             break
         except IntegrityError:
             # Another job inserted the media row for this path between our read and our insert.
             if attempt:
                 raise
-    if isinstance(claimed, IngestResult):
-        return claimed
+    if isinstance(claimed, Verdict):
+        return _terminal(job_id, str(path), claimed)
     media_id = claimed
 
     report("probe", 0.0, force=True)  # type: ignore[call-arg]
@@ -383,52 +188,6 @@ def probe_stage(
     info = probe(path)
     timings["probe"] = time.perf_counter() - t0
     return Work(probed=Probed(media_id=media_id, path=str(path), content_hash=digest, info=info), timings=timings)
-
-
-def _claim(
-    catalog: Catalog, job_id: int, path: Path, stat: os.stat_result, digest: str, heartbeat_timeout: float = 60.0
-) -> int | IngestResult:
-    with catalog.session() as session:
-        # The row lock makes two jobs for one path take turns here: the second sees the first's claim.
-        media = session.scalar(select(Media).where(Media.path == str(path)).with_for_update())
-        if media is not None and media.status == MediaStatus.INDEXED and media.content_hash == digest:
-            media.mtime_ns, media.size_bytes = stat.st_mtime_ns, stat.st_size
-            return _terminal(job_id, str(path), "skipped", media, "already indexed (unchanged content)")
-        if media is not None and media.claimed_by not in (None, job_id):
-            other = session.get(Job, media.claimed_by)
-            if other is not None and other.state not in TERMINAL:
-                if other.worker is None or owner_alive(other.worker, other.heartbeat_at, heartbeat_timeout):
-                    # Alive, or between two queued stages: its messages are durable and acknowledged
-                    # late, so it will finish. One copy only.
-                    return _terminal(job_id, str(path), "duplicate", None, f"same file is being indexed by job {other.id}")
-                # Its owner is gone (an interrupted or killed `vidx ingest`, a worker dead past its
-                # heartbeat): that job ends here and this one takes the file, or it would stay locked.
-                logger.warning("job %s: taking over the claim of job %s, whose owner %s is gone", job_id, other.id, other.worker)
-                fail_row(session, other, f"interrupted: its process {other.worker} is gone; the file went to job {job_id}")
-        twin = session.scalar(
-            select(Media).where(Media.content_hash == digest, Media.status == MediaStatus.INDEXED, Media.path != str(path))
-        )
-        if twin is not None:
-            if Path(twin.path).exists():
-                return _terminal(job_id, str(path), "duplicate", twin, f"same content as {twin.path}")
-            # The indexed file is gone and its content is here: a move, not new work.
-            if media is not None:
-                session.delete(media)
-                session.flush()
-            old = twin.path
-            twin.path, twin.mtime_ns, twin.size_bytes = str(path), stat.st_mtime_ns, stat.st_size
-            session.get(Job, job_id).media_id = twin.id  # type: ignore[union-attr]
-            return _terminal(job_id, str(path), "skipped", twin, f"moved from {old}")
-        if media is None:
-            media = Media(path=str(path))
-            session.add(media)
-        media.status = MediaStatus.PROCESSING
-        media.error = None
-        media.claimed_by = job_id
-        media.size_bytes, media.mtime_ns = stat.st_size, stat.st_mtime_ns
-        session.flush()
-        session.get(Job, job_id).media_id = media.id  # type: ignore[union-attr]
-        return media.id
 
 
 def analyse_stage(env: StageEnv, work: Work, report: ProgressFn) -> Work:
@@ -446,7 +205,7 @@ def embed_stage(env: StageEnv, work: Work, report: ProgressFn) -> Work:
         return work
     report("embed", 1.0, force=True)  # type: ignore[call-arg]
     t0 = time.perf_counter()
-    work.analysis.extra_arrays.update(_embed(env.embedder, work.analysis))
+    work.analysis.embeddings = _embed(env.embedder, work.analysis)
     work.timings["embed"] = time.perf_counter() - t0
     return work
 
@@ -495,7 +254,7 @@ def run_stage(
     )
     if start != "run":
         return StepResult(start=start)
-    reporter = _JobReporter(catalog, job_id, progress)
+    reporter = JobReporter(catalog, job_id, progress)
     path = ""
     try:
         with heartbeat(catalog, job_id, owner, interval=max(heartbeat_timeout / 4, 0.5)):
@@ -548,7 +307,7 @@ def run_job(
 
     Interrupted (Ctrl-C, SystemExit), the job is failed ("interrupted") before the exception goes
     on, so its media claim does not outlive this process. A SIGKILL leaves this process's pid
-    on the job, and the next ingest of the file takes the claim over (``_claim``).
+    on the job, and the next ingest of the file takes the claim over (``claims.claim``).
     """
     owner = owner or worker_id()
     work: Work | None = None

@@ -7,15 +7,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
 
-from indexer.embed import ClipEmbeddings, cached_label_embeddings, embed_clips, segments_to_words
-from indexer.features import imagenet_names
+from indexer.embed import EMBEDDING_VERSION, ClipEmbeddings, EmbedOptions, Embedder, segments_to_words
+from store import queries
 from store.catalog import Catalog, Media, MediaStatus, utcnow
 from store.features import FeatureStore
 from store.lexical import LexicalIndex
@@ -23,10 +22,6 @@ from store.vectors import IndexLockedError, Point, VectorIndex, point_id
 
 logger = logging.getLogger(__name__)
 
-# Part of every point id: a new embedding model gives new ids, so old and new never mix.
-EMBEDDING_VERSION = "minilm-l6+conse/v1"
-VECTOR_DIMS = {"speech": 384, "visual": 384}
-_EMBEDDING_ARRAYS = ("speech", "has_speech", "visual", "has_visual", "speech_text")
 # Any constant will do; it keeps two syncs (workers or `vidx`, on any hosts) from writing the index at once.
 SYNC_LOCK_KEY = 7_351_120_412
 
@@ -76,18 +71,6 @@ def exclusive_sync(catalog: Catalog, *, wait: float = 300.0) -> Iterator[None]:
         yield
 
 
-@dataclass(frozen=True)
-class EmbedOptions:
-    """How clips are embedded; built from Settings at the entry points."""
-
-    context_seconds: float = 1.5
-    concept_top_k: int = 10
-    lexical_concepts: int = 3
-    lexical_min_prob: float = 0.05
-    cache_dir: Path = Path("vidx-data/cache")
-    threads: int = 0
-
-
 @dataclass
 class SyncReport:
     upserted_media: int = 0
@@ -106,82 +89,6 @@ def _words(segments: Sequence[Any]) -> list[tuple[float, float, str]]:
         else:
             words.extend(segments_to_words([(seg.start, seg.end, seg.text)]))
     return words
-
-
-class Embedder:
-    """The text encoder and ImageNet label embeddings, loaded once on first use."""
-
-    def __init__(self, options: EmbedOptions, visual_model: Any = None) -> None:
-        self.options = options
-        # A trained visual model (indexer.trained.CbtVisual) replaces the concept-tag visual vectors.
-        self.visual_model = visual_model
-        self._encoder = None
-        self._labels: np.ndarray | None = None
-
-    @property
-    def version(self) -> str:
-        """The index's embedding version: part of every point id and of media.synced_version."""
-        if self.visual_model is None:
-            return EMBEDDING_VERSION
-        return f"{EMBEDDING_VERSION}+{self.visual_model.version}"
-
-    @property
-    def encoder(self):  # type: ignore[no-untyped-def]
-        if self._encoder is None:
-            from models.text_encoder import load_text_encoder
-
-            self._encoder = load_text_encoder(threads=self.options.threads)
-        return self._encoder
-
-    @property
-    def labels(self) -> np.ndarray:
-        if self._labels is None:
-            self._labels = cached_label_embeddings(self.encoder, imagenet_names(), self.options.cache_dir)
-        return self._labels
-
-    def embed(
-        self, clips: Sequence[tuple[float, float]], words: Sequence[tuple[float, float, str]], probs: np.ndarray | None
-    ) -> ClipEmbeddings:
-        return embed_clips(
-            clips,
-            words,
-            probs.astype(np.float32) if probs is not None else None,
-            self.encoder,
-            self.labels if probs is not None else None,
-            context=self.options.context_seconds,
-            top_k=self.options.concept_top_k,
-        )
-
-
-def embedding_arrays(emb: ClipEmbeddings) -> dict[str, np.ndarray]:
-    """The feature-store arrays of one file's embeddings, stamped with their version."""
-    return {
-        "speech": emb.speech.astype(np.float16),
-        "has_speech": emb.has_speech.astype(bool),
-        "visual": emb.visual.astype(np.float16),
-        "has_visual": emb.has_visual.astype(bool),
-        "speech_text": np.asarray(emb.speech_text, dtype=np.str_).reshape(-1),
-        "embedding_version": np.asarray([EMBEDDING_VERSION]),
-    }
-
-
-def save_embeddings(store: FeatureStore, key: str, emb: ClipEmbeddings) -> None:
-    store.put(key, embedding_arrays(emb))
-
-
-def load_embeddings(store: FeatureStore, key: str) -> ClipEmbeddings | None:
-    """The stored embeddings of one file if present and made by the current version, else None."""
-    if not all(store.has(key, name) for name in (*_EMBEDDING_ARRAYS, "embedding_version")):
-        return None
-    if str(store.load(key, "embedding_version").reshape(-1)[0]) != EMBEDDING_VERSION:
-        return None
-    return ClipEmbeddings(
-        speech=store.load(key, "speech"),
-        has_speech=store.load(key, "has_speech"),
-        visual=store.load(key, "visual"),
-        has_visual=store.load(key, "has_visual"),
-        speech_text=[str(t) for t in store.load(key, "speech_text")],
-    )
 
 
 def _clean_tag(name: str) -> str:
@@ -212,33 +119,18 @@ def sync_index(
     t0 = time.perf_counter()
     report = SyncReport()
     options = embedder.options
-    with catalog.session() as session:
-        rows = session.execute(
-            select(Media.id, Media.content_hash, Media.indexed_at, Media.synced_at, Media.synced_version).where(
-                Media.status == MediaStatus.INDEXED
-            )
-        ).all()
-    indexed = {r.id: r for r in rows}
     if full:
         # Unmark first: a backend that writes through (Qdrant) is empty from here on, and a
         # rebuild that dies half way must leave every file for the next sync to redo.
-        with catalog.session() as session:
-            session.execute(update(Media).values(synced_at=None))
+        queries.unmark_synced(catalog)
         vectors.clear()
-    gone = vectors.media_ids() - set(indexed)
+    gone = vectors.media_ids() - queries.indexed_media_ids(catalog)
     if gone:
         report.deleted_media = len(gone)
         vectors.delete_media(gone)
-    stale = [
-        r.id
-        for r in rows
-        if full
-        or r.synced_version != embedder.version
-        or r.synced_at is None
-        or (r.indexed_at is not None and _aware(r.synced_at) < _aware(r.indexed_at))
-    ]
+    stale = queries.stale_media_ids(catalog, embedder.version)
     synced: dict[int, Any] = {}
-    for i, media_id in enumerate(sorted(stale)):
+    for i, media_id in enumerate(stale):
         if progress is not None:
             progress("embed", i / max(len(stale), 1))
         try:
@@ -259,28 +151,9 @@ def sync_index(
     vectors.flush()
     # Marked only now that the points are on disk: a sync that dies before its flush leaves these
     # files unsynced in the catalog, and the next sync redoes them (upserts are idempotent).
-    _mark_synced(catalog, synced, embedder.version)
+    queries.mark_synced(catalog, synced, embedder.version, utcnow())
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _mark_synced(catalog: Catalog, synced: dict[int, Any], version: str) -> None:
-    if not synced:
-        return
-    now = utcnow()
-    with catalog.session() as session:
-        for media in session.scalars(select(Media).where(Media.id.in_(synced))):
-            # Only if nobody re-indexed the file while we embedded it.
-            if media.indexed_at == synced[media.id]:
-                media.synced_version = version
-                media.synced_at = now
-
-
-def _aware(value: Any) -> Any:
-    # SQLite hands back naive datetimes even for timezone=True columns.
-    from datetime import timezone
-
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 def _sync_media(
@@ -298,11 +171,11 @@ def _sync_media(
         indexed_at = media.indexed_at
     if not key or not store.exists(key):
         raise ValueError(f"feature files of media {media_id} are missing; re-ingest it")
-    emb = None if force else load_embeddings(store, key)
+    emb = None if force else ClipEmbeddings.load(store, key)
     if emb is None or len(emb.speech) != len(clips):
         probs = store.load(key, "probs") if store.has(key, "probs") else None
         emb = embedder.embed([(s, e) for _, s, e in clips], words, probs)
-        save_embeddings(store, key, emb)
+        emb.save(store, key)
     visual, has_visual = emb.visual, emb.has_visual
     if embedder.visual_model is not None:
         trained = embedder.visual_model.vectors(store, key)
@@ -343,7 +216,7 @@ def _rebuild_lexical(catalog: Catalog, store: FeatureStore, lexical: LexicalInde
         ).all()
         for media in media_rows:
             key = media.content_hash or ""
-            emb = load_embeddings(store, key) if key and store.exists(key) else None
+            emb = ClipEmbeddings.load(store, key) if key and store.exists(key) else None
             if emb is None or len(emb.speech_text) != len(media.clips):
                 continue
             for row, clip in enumerate(media.clips):

@@ -5,26 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, or_, select
 
 from indexer.jobs import STAGES, begin_stage, end_stage, finish_job, worker_id
-from indexer.pipeline import IngestOptions, StageEnv, Work, one_line, run_stage
-from indexer.sync import EMBEDDING_VERSION, VECTOR_DIMS, EmbedOptions, sync_lock
-from store.catalog import Catalog, Media, MediaStatus
-from store.features import FeatureStore
+from indexer.pipeline import StageEnv, Work, one_line, run_stage
+from indexer.sync import sync_lock
+from indexer.wiring import Deployment, Resources
+from store import queries
+from store.files import atomic_write
 
 if TYPE_CHECKING:
     from celery import Celery, Task
-
-    from indexer.sync import Embedder
-    from store.vectors import VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +42,7 @@ class QueueConfig:
     """Everything a worker or a producer needs, as plain data (built from Settings by `vidx`)."""
 
     broker_url: str
-    database_url: str
-    data_dir: Path
-    ingest: IngestOptions = field(default_factory=IngestOptions)
-    embed: EmbedOptions = field(default_factory=EmbedOptions)
-    vector_backend: str = "faiss"
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
+    deployment: Deployment
     prefix: str = "vidx"
     visibility_timeout: int = 6 * 3600
     heartbeat_timeout: float = 60.0
@@ -62,8 +52,6 @@ class QueueConfig:
     max_tasks_per_child: int = 200
     # The sync waits this long after a write, so files that finish together share one sync.
     sync_countdown: float = 2.0
-    # Where an active trained CBT model runs when the sync computes `visual` vectors.
-    train_device: str = "cpu"
 
     @property
     def ingest_queue(self) -> str:
@@ -72,6 +60,10 @@ class QueueConfig:
     @property
     def sync_queue(self) -> str:
         return f"{self.prefix}.sync"
+
+
+class StagingUnreadableError(ValueError):
+    """A staging file that this version of vidx cannot read (written by an older one, or damaged)."""
 
 
 class Staging:
@@ -85,64 +77,45 @@ class Staging:
 
     def save(self, job_id: int, work: Work) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path(job_id)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-        try:
-            # pickle: the data are our own dataclasses and arrays, written and read by vidx only.
-            with tmp.open("wb") as f:
-                pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk or an unpicklable object leaves no temp file behind
-            raise
+        # pickle: the data are our own dataclasses and arrays, written and read by vidx only.
+        with atomic_write(self.path(job_id)) as f:
+            pickle.dump(work, f, protocol=pickle.HIGHEST_PROTOCOL)
 
     def load(self, job_id: int) -> Work | None:
+        """The staged work, None if there is none; ``StagingUnreadableError`` (and the file dropped) if unreadable."""
+        path = self.path(job_id)
         try:
-            with self.path(job_id).open("rb") as f:
-                return pickle.load(f)  # noqa: S301 - our own staging file
+            with path.open("rb") as f:
+                work = pickle.load(f)  # noqa: S301 - our own staging file
         except FileNotFoundError:
             return None
+        except Exception as e:  # noqa: BLE001 - a pickle of moved classes raises AttributeError, ModuleNotFoundError ...
+            # Staged by a vidx whose modules have since moved (an upgrade with jobs in flight), or cut
+            # short: its stages must run again, and `vidx jobs retry` starts the job from its probe.
+            path.unlink(missing_ok=True)
+            raise StagingUnreadableError(
+                f"its staged work cannot be read by this vidx version ({type(e).__name__}: {e}); "
+                f"`vidx jobs retry {job_id}` starts it again"
+            ) from e
+        if not isinstance(work, Work):
+            path.unlink(missing_ok=True)
+            raise StagingUnreadableError(f"its staged work is not a job's work; `vidx jobs retry {job_id}` starts it again")
+        return work
 
     def drop(self, job_id: int) -> None:
         self.path(job_id).unlink(missing_ok=True)
 
 
 class _Context:
-    """Per worker process: catalog engine, stores and models, made on first use (after the fork)."""
+    """Per worker process: the deployment's resources and the staging area, made on first use (after the fork)."""
 
     def __init__(self, config: QueueConfig) -> None:
-        from indexer.sync import Embedder
-        from store.lexical import LexicalIndex
-
         self.config = config
-        self.catalog = Catalog(config.database_url)
-        self.store = FeatureStore(config.data_dir / "features")
-        self.staging = Staging(config.data_dir / "staging")
-        self.lexical: LexicalIndex = LexicalIndex(config.data_dir / "index" / "lexical")
         # Models load lazily inside the Embedder, the backbone and Whisper caches: in this process only.
-        self.embedder: Embedder = Embedder(config.embed)
-        self.env = StageEnv(self.catalog, self.store, config.ingest, self.embedder)
-        self._sync_embedder: Embedder | None = None
-        self._sync_model: int | None = None
-
-    def sync_embedder(self) -> Embedder:
-        """The index sync's embedder, as `vidx` builds it: with the active trained CBT, if any.
-
-        Looked up at every sync, so `vidx models activate` on any host is followed by the
-        workers; otherwise a worker would write the untrained version back over the new one.
-        """
-        from indexer.sync import Embedder
-        from indexer.trained import CbtVisual, active_versions
-
-        record = active_versions(self.catalog, self.config.data_dir / "models").get("cbt")
-        model_id = record.id if record is not None else None
-        if self._sync_embedder is None or model_id != self._sync_model:
-            visual = CbtVisual(record, device=self.config.train_device) if record is not None else None
-            self._sync_embedder = Embedder(self.config.embed, visual_model=visual)
-            self._sync_model = model_id
-        return self._sync_embedder
+        self.resources = Resources(config.deployment)
+        self.catalog = self.resources.catalog
+        self.staging = Staging(self.resources.layout.staging)
+        self.env = StageEnv(self.catalog, self.resources.store, config.deployment.ingest, self.resources.embedder())
 
 
 _context_cache: dict[int, _Context] = {}
@@ -154,17 +127,6 @@ def _context(config: QueueConfig) -> _Context:
         _context_cache.clear()  # a forked child must not use its parent's engine
         ctx = _context_cache[os.getpid()] = _Context(config)
     return ctx
-
-
-def open_vectors(config: QueueConfig) -> VectorIndex:
-    """The search index of this deployment (FAISS or Qdrant in the data dir, or a Qdrant server)."""
-    from store.vectors import open_index
-
-    if config.vector_backend == "qdrant":
-        if config.qdrant_url:
-            return open_index("qdrant", VECTOR_DIMS, url=config.qdrant_url, api_key=config.qdrant_api_key)
-        return open_index("qdrant", VECTOR_DIMS, path=config.data_dir / "index" / "qdrant")
-    return open_index("faiss", VECTOR_DIMS, path=config.data_dir / "index" / "faiss")
 
 
 def _backoff(retries: int) -> float:
@@ -262,43 +224,22 @@ def _publish(
         logger.warning("could not enqueue %s", name, exc_info=True)
 
 
-def stale_media(catalog: Catalog, version: str = EMBEDDING_VERSION) -> int:
-    """Indexed media whose search-index entry (of embedding ``version``) is missing or older than its rows."""
-    with catalog.session() as session:
-        return session.scalar(
-            select(func.count()).select_from(Media).where(
-                Media.status == MediaStatus.INDEXED,
-                or_(
-                    Media.synced_version.is_(None),
-                    Media.synced_version != version,
-                    Media.synced_at.is_(None),
-                    Media.synced_at < Media.indexed_at,
-                ),
-            )
-        ) or 0
-
-
-def _version(embedder: Embedder) -> str:
-    # An embedder with a trained visual model stamps its own version on what it syncs.
-    return str(getattr(embedder, "version", EMBEDDING_VERSION))
-
-
 def _sync_task(task: Task) -> int:
     from indexer.sync import sync_index
     from store.vectors import IndexLockedError
 
     config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
     ctx = _context(config)
-    embedder = ctx.sync_embedder()
-    if not stale_media(ctx.catalog, _version(embedder)):
+    embedder = ctx.resources.embedder()
+    if not queries.count_stale(ctx.catalog, embedder.version):
         return 0
     try:
         with sync_lock(ctx.catalog) as got:
             if not got:
                 # Another sync runs: it may have read the stale list before our file, so come back.
                 _retry(task, 0, 0, 5.0)
-            with open_vectors(config) as vectors:
-                report = sync_index(ctx.catalog, ctx.store, vectors, ctx.lexical, embedder)
+            with ctx.resources.vectors() as vectors:
+                report = sync_index(ctx.catalog, ctx.resources.store, vectors, ctx.resources.lexical, embedder)
     except IndexLockedError:
         _retry(task, 0, 0, 5.0)
     except TRANSIENT as e:

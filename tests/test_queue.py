@@ -233,8 +233,8 @@ def test_queued_batch_matches_embedded_ingest(
     with deployment.catalog.session() as s:
         assert all(m.synced_version for m in s.scalars(select(Media).where(Media.status == MediaStatus.INDEXED)))
     embedded.sync()
+    from indexer.embed import VECTOR_DIMS
     from store.vectors import open_index
-    from indexer.sync import VECTOR_DIMS
 
     with open_index("faiss", VECTOR_DIMS, path=deployment.data_dir / "index" / "faiss", read_only=True) as q, embedded.vectors(read_only=True) as e:
         assert q.count() == e.count() > 0
@@ -470,8 +470,9 @@ def test_stage_ownership_and_takeover(tmp_path: Path) -> None:
 def test_importing_the_tasks_loads_no_model() -> None:
     code = (
         "import sys; from pathlib import Path; from indexer.tasks import QueueConfig, create_app; "
-        "create_app(QueueConfig(broker_url='redis://127.0.0.1:1/0', database_url='sqlite://', data_dir=Path('/tmp'))); "
-        "print(sorted(m for m in ('faster_whisper', 'ctranslate2', 'transformers') if m in sys.modules))"
+        "from indexer.wiring import Deployment; "
+        "create_app(QueueConfig(broker_url='redis://127.0.0.1:1/0', deployment=Deployment(Path('/tmp'), 'sqlite://'))); "
+        "print(sorted(m for m in ('faster_whisper', 'ctranslate2', 'transformers', 'torch') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -486,7 +487,8 @@ def test_transient_error_releases_the_stage_and_the_retry_counts_no_attempt(tmp_
     """
     from sqlalchemy.exc import OperationalError
 
-    from indexer.pipeline import IngestOptions, StageEnv, run_stage
+    from indexer.analyse import IngestOptions
+    from indexer.pipeline import StageEnv, run_stage
     from store.features import FeatureStore
 
     catalog = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
@@ -541,12 +543,13 @@ def test_stage_retry_message_carries_job_id_once_with_backoff(tmp_path: Path, mo
 
     import indexer.tasks as tasks
     from indexer.tasks import QueueConfig, create_app
+    from indexer.wiring import Deployment
 
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     catalog = Catalog(url)
     migrations.upgrade(catalog.engine)
     [job_id] = create_jobs(catalog, [tmp_path / "x.mp4"])
-    config = QueueConfig(broker_url="memory://", database_url=url, data_dir=tmp_path / "d", prefix=f"test-{uuid.uuid4().hex[:10]}")
+    config = QueueConfig(broker_url="memory://", deployment=Deployment(tmp_path / "d", url), prefix=f"test-{uuid.uuid4().hex[:10]}")
     app = create_app(config)
     calls: list[tuple[int, str, bool]] = []
 
@@ -603,22 +606,23 @@ def test_stage_retry_message_carries_job_id_once_with_backoff(tmp_path: Path, mo
 
 def test_worker_sync_follows_the_active_trained_model(tmp_path: Path) -> None:
     """The workers' index sync uses the model `vidx models activate` switched on, like `vidx` does."""
-    from indexer.sync import EMBEDDING_VERSION
+    from indexer.embed import EMBEDDING_VERSION
     from indexer.tasks import QueueConfig, _Context
-    from indexer.trained import register, set_active
+    from indexer.training.registry import register, set_active
+    from indexer.wiring import Deployment
 
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     catalog = Catalog(url)
     migrations.upgrade(catalog.engine)
-    ctx = _Context(QueueConfig(broker_url="redis://127.0.0.1:1/0", database_url=url, data_dir=tmp_path))
-    assert ctx.sync_embedder().version == EMBEDDING_VERSION
+    ctx = _Context(QueueConfig(broker_url="redis://127.0.0.1:1/0", deployment=Deployment(tmp_path, url)))
+    assert ctx.resources.embedder().version == EMBEDDING_VERSION
     models = tmp_path / "models"
     (models / "run1").mkdir(parents=True)
     model_id = register(catalog, models, "cbt", "run1", models / "run1" / "cbt.pt", {})
     set_active(catalog, {"cbt": model_id})
-    assert ctx.sync_embedder().version == f"{EMBEDDING_VERSION}+cbt/{model_id}"  # the model itself loads lazily
+    assert ctx.resources.embedder().version == f"{EMBEDDING_VERSION}+cbt/{model_id}"  # the model itself loads lazily
     set_active(catalog, {"cbt": None})
-    assert ctx.sync_embedder().version == EMBEDDING_VERSION
+    assert ctx.resources.embedder().version == EMBEDDING_VERSION
     ctx.catalog.dispose()
     catalog.dispose()
 

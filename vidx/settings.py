@@ -90,3 +90,4 @@ class Settings(BaseSettings):
             return self.cache_dir.expanduser().resolve()
         xdg = os.environ.get("XDG_CACHE_HOME")
         return (Path(xdg) if xdg else Path.home() / ".cache").expanduser().resolve() / "vidx"
+

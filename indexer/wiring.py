@@ -1,0 +1,150 @@
+"""One wiring from a deployment's plain settings to the objects a process opens: the data directory's layout, catalog, stores, vector index, embedder."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from indexer.analyse import IngestOptions
+from indexer.embed import VECTOR_DIMS, EmbedOptions, Embedder
+from store.catalog import Catalog
+from store.features import FeatureStore
+from store.lexical import LexicalIndex
+
+if TYPE_CHECKING:
+    from indexer.training.registry import ModelRecord
+    from store.vectors import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each part of a deployment lives under its data directory (shared by every host of a deployment)."""
+
+    root: Path
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def lexical(self) -> Path:
+        return self.root / "index" / "lexical"
+
+    @property
+    def faiss(self) -> Path:
+        return self.root / "index" / "faiss"
+
+    @property
+    def qdrant(self) -> Path:
+        return self.root / "index" / "qdrant"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment as plain, picklable data: built from Settings by `vidx`, carried to the workers."""
+
+    data_dir: Path
+    database_url: str
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    embed: EmbedOptions = field(default_factory=EmbedOptions)
+    vector_backend: Literal["faiss", "qdrant"] = "faiss"
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    # Where a trained model (CBT's visual vectors, VideoBERT's rerank) runs: auto, cpu or cuda.
+    model_device: str = "cpu"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.data_dir)
+
+
+class Resources:
+    """One process's opened parts of a deployment, each made on first use (so after a fork, never before)."""
+
+    def __init__(self, deployment: Deployment, *, prepare_catalog: Callable[[Catalog], None] | None = None) -> None:
+        self.deployment = deployment
+        self.layout = deployment.layout
+        # `vidx` migrates the schema here; a worker child finds it migrated by its parent.
+        self._prepare_catalog = prepare_catalog
+        self._embedder: Embedder | None = None
+        self._embedder_model: int | None = None
+        self._lock = threading.Lock()
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(self.deployment.database_url)
+        if self._prepare_catalog is not None:
+            self._prepare_catalog(catalog)
+        return catalog
+
+    @cached_property
+    def store(self) -> FeatureStore:
+        return FeatureStore(self.layout.features)
+
+    @cached_property
+    def lexical(self) -> LexicalIndex:
+        return LexicalIndex(self.layout.lexical)
+
+    def vectors(self, *, read_only: bool = False) -> VectorIndex:
+        """The search index: FAISS or Qdrant local in the data directory, or a Qdrant server by URL."""
+        from store.vectors import open_index
+
+        d = self.deployment
+        if d.vector_backend == "qdrant":
+            if d.qdrant_url:
+                return open_index("qdrant", VECTOR_DIMS, url=d.qdrant_url, api_key=d.qdrant_api_key)
+            return open_index("qdrant", VECTOR_DIMS, path=self.layout.qdrant)
+        return open_index("faiss", VECTOR_DIMS, path=self.layout.faiss, read_only=read_only)
+
+    def active_models(self) -> dict[str, ModelRecord]:
+        from indexer.training.registry import active_versions
+
+        return active_versions(self.catalog, self.layout.models)
+
+    def embedder(self) -> Embedder:
+        """The index's embedder: with the active trained CBT, if any, looked up at every call.
+
+        So `vidx models activate` on any host is followed by every process that syncs; otherwise a
+        worker would write the untrained version back over the new one. The text encoder is kept
+        across a switch.
+        """
+        record = self.active_models().get("cbt")
+        model_id = record.id if record is not None else None
+        with self._lock:
+            if self._embedder is None or model_id != self._embedder_model:
+                visual = self._cbt_visual(record) if record is not None else None
+                base = self._embedder or Embedder(self.deployment.embed)
+                self._embedder, self._embedder_model = base.with_visual(visual), model_id
+            return self._embedder
+
+    def use_embedder(self, embedder: Embedder, model_id: int | None) -> None:
+        """Adopt an embedder built for a model switch (its CBT vectors are already computed)."""
+        with self._lock:
+            self._embedder, self._embedder_model = embedder, model_id
+
+    def _cbt_visual(self, record: ModelRecord):  # type: ignore[no-untyped-def]
+        from indexer.training.registry import CbtVisual, missing_files
+
+        # Kept even when its checkpoint is gone: the index holds its vectors and version, and files
+        # whose vectors are cached stay searchable; files that need the model are skipped (reported)
+        # by the sync until the model is deactivated or replaced.
+        missing = missing_files(record)
+        if missing is not None:
+            logger.warning("%s", missing)
+        return CbtVisual(record, device=self.deployment.model_device)

@@ -1,0 +1,226 @@
+"""Catalog queries shared by the CLI, the search layer and the queue: stale media, media references, ls and show rows."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, false, func, or_, select, update
+from sqlalchemy.orm import selectinload
+
+from store.catalog import Catalog, Media, MediaStatus
+
+
+# -- what the search index lacks -------------------------------------------------------------------
+
+
+def stale_clause(version: str) -> ColumnElement[bool]:
+    """Indexed media whose index entry is missing, of another embedding ``version``, or older than its rows.
+
+    ``synced_at`` is NULL after a full sync unmarked every file (a rebuild that died half way must
+    leave them all for the next sync), so a NULL counts as stale whatever ``synced_version`` says.
+    """
+    return (Media.status == MediaStatus.INDEXED) & or_(
+        Media.synced_version.is_(None),
+        Media.synced_version != version,
+        Media.synced_at.is_(None),
+        Media.synced_at < Media.indexed_at,
+    )
+
+
+def count_stale(catalog: Catalog, version: str) -> int:
+    """How many indexed files the search index of embedding ``version`` does not reflect yet."""
+    with catalog.session() as session:
+        return session.scalar(select(func.count()).select_from(Media).where(stale_clause(version))) or 0
+
+
+def stale_media_ids(catalog: Catalog, version: str) -> list[int]:
+    """The ids :func:`count_stale` counts, in id order: what an index sync must (re)write."""
+    with catalog.session() as session:
+        return list(session.scalars(select(Media.id).where(stale_clause(version)).order_by(Media.id)))
+
+
+@dataclass(frozen=True)
+class LibrarySize:
+    indexed: int
+    stale: int
+
+
+def library_size(catalog: Catalog, version: str) -> LibrarySize:
+    """Indexed files, and of those the ones not yet in the search index of ``version``."""
+    with catalog.session() as session:
+        indexed = session.scalar(select(func.count()).select_from(Media).where(Media.status == MediaStatus.INDEXED)) or 0
+        stale = session.scalar(select(func.count()).select_from(Media).where(stale_clause(version))) or 0
+    return LibrarySize(indexed=indexed, stale=stale)
+
+
+def indexed_media_ids(catalog: Catalog) -> set[int]:
+    with catalog.session() as session:
+        return set(session.scalars(select(Media.id).where(Media.status == MediaStatus.INDEXED)))
+
+
+def unmark_synced(catalog: Catalog) -> None:
+    """Forget what the index holds for every file (a full rebuild starts from here)."""
+    with catalog.session() as session:
+        session.execute(update(Media).values(synced_at=None))
+
+
+def mark_synced(catalog: Catalog, synced: dict[int, datetime | None], version: str, now: datetime) -> None:
+    """Record that the index holds ``version`` of each file, unless it was re-indexed meanwhile."""
+    if not synced:
+        return
+    with catalog.session() as session:
+        for media in session.scalars(select(Media).where(Media.id.in_(synced))):
+            if media.indexed_at == synced[media.id]:
+                media.synced_version = version
+                media.synced_at = now
+
+
+# -- which file a user means -----------------------------------------------------------------------
+
+
+def media_ref_clause(ref: str) -> ColumnElement[bool]:
+    """Media named by ``ref``: an id, a path (absolute, or relative to the working directory) or a path suffix.
+
+    A suffix matches whole path components: ``jfk.wav`` or ``media/jfk.wav`` match
+    ``/data/media/jfk.wav``, ``fk.wav`` does not. Matching is literal (``%`` and ``_`` are not wildcards).
+    """
+    ref = str(ref).strip()
+    if not ref:
+        return false()
+    if ref.isdigit():
+        return Media.id == int(ref)
+    expanded = os.path.expanduser(ref)
+    paths = {os.path.abspath(expanded), os.path.realpath(expanded)}
+    clauses: list[ColumnElement[bool]] = [Media.path.in_(sorted(paths))]
+    suffix = expanded
+    while suffix.startswith("./"):
+        suffix = suffix[2:]
+    if not os.path.isabs(suffix) and not suffix.startswith("../") and suffix:
+        clauses.append(Media.path.endswith("/" + suffix, autoescape=True))
+    return or_(*clauses)
+
+
+def resolve_media(catalog: Catalog, ref: str, *, indexed_only: bool = False) -> Media:
+    """The one media row ``ref`` names (see :func:`media_ref_clause`); ``ValueError`` for none or several."""
+    query = select(Media).where(media_ref_clause(ref))
+    if indexed_only:
+        query = query.where(Media.status == MediaStatus.INDEXED)
+    with catalog.session() as session:
+        found = session.scalars(query.limit(50)).all()
+    if not found:
+        what = "indexed media" if indexed_only else "media"
+        raise ValueError(f"no {what} matches {ref!r} (see `vidx ls`)")
+    if len(found) > 1:
+        raise ValueError(f"{ref!r} matches {len(found)} files; give the id or the full path")
+    return found[0]
+
+
+def filter_media_ids(
+    catalog: Catalog,
+    refs: Sequence[str] = (),
+    *,
+    path_prefix: str | None = None,
+    min_duration: float | None = None,
+    max_duration: float | None = None,
+) -> frozenset[int] | None:
+    """Indexed media allowed by search filters (None: no restriction); ``ValueError`` if none is left."""
+    if not (refs or path_prefix or min_duration is not None or max_duration is not None):
+        return None
+    query = select(Media.id).where(Media.status == MediaStatus.INDEXED)
+    if refs:
+        query = query.where(or_(*(media_ref_clause(r) for r in refs)))
+    if path_prefix:
+        prefix = os.path.abspath(os.path.expanduser(path_prefix)).rstrip("/") or "/"
+        query = query.where(or_(Media.path == prefix, Media.path.startswith(prefix.rstrip("/") + "/", autoescape=True)))
+    if min_duration is not None:
+        query = query.where(Media.duration >= min_duration)
+    if max_duration is not None:
+        query = query.where(Media.duration <= max_duration)
+    with catalog.session() as session:
+        allowed = frozenset(session.scalars(query).all())
+    if not allowed:
+        raise ValueError("no indexed media matches the filters (see `vidx ls`)")
+    return allowed
+
+
+# -- the rows behind `vidx ls` and `vidx show` -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaSummary:
+    """One line of `vidx ls`."""
+
+    id: int
+    path: str
+    status: str
+    duration: float | None
+    video: bool
+    audio: bool
+    clips: int
+    segments: int
+    language: str | None
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_media(catalog: Catalog) -> list[MediaSummary]:
+    """Every file in the catalog, by path, whatever its state."""
+    with catalog.session() as session:
+        return [
+            MediaSummary(
+                id=m.id, path=m.path, status=m.status, duration=m.duration, video=m.has_video, audio=m.has_audio,
+                clips=m.clip_count, segments=m.segment_count, language=m.language, error=m.error,
+            )
+            for m in session.scalars(select(Media).order_by(Media.path))
+        ]
+
+
+@dataclass(frozen=True)
+class MediaDetail:
+    """What `vidx show` prints: the file, its streams, its transcript with times and its clips."""
+
+    id: int
+    path: str
+    status: str
+    error: str | None
+    duration: float | None
+    has_video: bool
+    has_audio: bool
+    video_codec: str | None
+    audio_codec: str | None
+    width: int | None
+    height: int | None
+    fps: float | None
+    language: str | None
+    content_hash: str | None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    clips: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def media_detail(catalog: Catalog, ref: str, feature_root: os.PathLike[str] | str) -> MediaDetail:
+    """The file ``ref`` names with its transcript and clips; thumbnails as paths under ``feature_root``."""
+    media_id = resolve_media(catalog, ref).id
+    with catalog.session() as session:
+        m = session.scalars(
+            select(Media).where(Media.id == media_id).options(selectinload(Media.clips), selectinload(Media.segments))
+        ).one()
+        return MediaDetail(
+            id=m.id, path=m.path, status=m.status, error=m.error, duration=m.duration, has_video=m.has_video,
+            has_audio=m.has_audio, video_codec=m.video_codec, audio_codec=m.audio_codec, width=m.width,
+            height=m.height, fps=m.fps, language=m.language, content_hash=m.content_hash,
+            segments=[{"start": s.start, "end": s.end, "text": s.text} for s in m.segments],
+            clips=[
+                {"index": c.clip_index, "start": c.start, "end": c.end, "shot": c.shot, "concepts": c.concepts,
+                 "thumbnail": os.path.join(feature_root, c.thumbnail) if c.thumbnail else None}
+                for c in m.clips
+            ],
+        )
