@@ -680,3 +680,39 @@ def test_staging_save_leaves_no_temp_file_when_the_dump_fails(tmp_path: Path, mo
     with pytest.raises(OSError, match="No space"):
         staging.save(7, object())  # type: ignore[arg-type]
     assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_work_staged_by_an_older_vidx_fails_in_one_line_and_retries_from_the_probe(tmp_path: Path, silent_video: Path) -> None:
+    """A job in flight across an upgrade: its staging pickle names a module that moved (indexer.features)."""
+    from indexer.analyse import IngestOptions
+    from indexer.jobs import retry_job
+    from indexer.pipeline import StageEnv, run_stage
+    from indexer.tasks import Staging
+    from store.features import FeatureStore
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    migrations.upgrade(catalog.engine)
+    env = StageEnv(catalog, FeatureStore(tmp_path / "features"), IngestOptions(cache_dir=tmp_path / "cache"))
+    staging = Staging(tmp_path / "staging")
+    [job_id] = create_jobs(catalog, [silent_video])
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    probed = run_stage(env, job_id, "probe", me, lambda: None, keep=lambda work: staging.save(job_id, work))
+    assert probed.start == "run" and staging.path(job_id).is_file()
+    # What vidx before the reorganisation pickled: a class of a module that no longer exists.
+    staging.path(job_id).write_bytes(b"cindexer.features\nClipFeatures\n(tR.")
+
+    step = run_stage(env, job_id, "analyse", me, lambda: staging.load(job_id), keep=lambda work: staging.save(job_id, work))
+    assert step.result is not None and step.result.status == "failed"
+    reason = step.result.reason or ""
+    assert "\n" not in reason and "cannot be read by this vidx version" in reason and f"vidx jobs retry {job_id}" in reason
+    assert not staging.path(job_id).exists()  # dropped: the retry starts clean
+    with catalog.session() as s:
+        assert s.get(Job, job_id).state == JobState.FAILED
+
+    retry_job(catalog, job_id)
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.QUEUED and job.done_stage is None  # from the probe again
+    again = run_stage(env, job_id, "probe", me, lambda: None, keep=lambda work: staging.save(job_id, work))
+    assert again.start == "run" and again.work is not None
+    catalog.dispose()
