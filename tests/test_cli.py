@@ -135,3 +135,18 @@ def test_search_resyncs_files_a_dead_rebuild_left_unmarked(data_dir: Path, cut_v
         assert s.query(Media.synced_at).scalar() is not None
     catalog.dispose()
     assert any(Path(m["media_path"]) == cut_video.resolve() for m in json.loads(found.stdout))
+
+
+def test_version_and_shell_completion(data_dir: Path) -> None:
+    from importlib.metadata import version
+
+    shown = vidx("--version", data_dir=data_dir)
+    assert shown.returncode == 0 and shown.stdout.strip() == f"vidx {version('vidx')}"
+    script = vidx("--show-completion", "bash", data_dir=data_dir)
+    assert script.returncode == 0 and "_vidx_completion" in script.stdout and "complete" in script.stdout
+    # What the installed script asks the program when Tab is pressed after `vidx se` / `vidx search --fu`.
+    for words, cword, want in (("vidx se", "1", "search"), ("vidx search --fu", "2", "--fusion")):
+        env = {"_VIDX_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        done = subprocess.run([str(Path(sys.executable).with_name("vidx"))], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, VIDX_DATA_DIR=str(data_dir), **env))
+        assert done.returncode == 0 and want in done.stdout.split(), (words, done.stdout, done.stderr)

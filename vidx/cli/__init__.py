@@ -18,4 +18,5 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    app()
+    # One program name however it is started (`vidx`, `python -m vidx`): help, errors and completion agree.
+    app(prog_name="vidx")
