@@ -251,17 +251,70 @@ class SearchEngine:
         source_scores = {name: {c.key: c.score for c in cands} for name, cands in lists.items()}
         if align:
             source_scores["align"] = align
-        moments = self._describe(query, chosen, source_scores)
+        moments = self._moments(query, chosen, source_scores)
+        # Keyed "describe" as bench/search.py and BENCHMARKS.md report it.
         self.last_timings["describe"] = time.perf_counter() - t
         self.last_timings["total"] = time.perf_counter() - t0
         return moments
 
-    def _describe(
+    def _moments(
         self, query: str, spans: Sequence[MomentSpan], source_scores: dict[str, dict[ClipKey, float]]
     ) -> list[Moment]:
+        """The spans as results: times narrowed to the matching words, snippet, thumbnail and per-source scores."""
         if not spans:
             return []
         terms = {w.lower() for w in _WORD.findall(query) if len(w) > 2}
+        media, clips, by_media = self._moment_rows(spans)
+        moments = []
+        for span in spans:
+            first, last = clips.get((span.media_id, span.first_clip)), clips.get((span.media_id, span.last_clip))
+            m = media.get(span.media_id)
+            if first is None or last is None or m is None or m.status != MediaStatus.INDEXED:
+                continue  # the index is a step behind the catalog; never show what the catalog lost
+            start, end = float(first.start), float(last.end)
+            segments = [s for s in by_media.get(span.media_id, []) if s.end > start and s.start < end]
+            words = [
+                (float(w[0]), float(w[1]), str(w[2]))
+                for seg in segments
+                for w in (seg.words or [])
+                if float(w[1]) > start and float(w[0]) < end
+            ]
+            focus = focus_on_matches(words, terms)
+            if focus is not None:
+                # The clips carry a few seconds of context; the words that matched say where it is.
+                start, end = max(start, focus[0]), min(end, focus[1])
+                segments = [s for s in segments if s.end > start and s.start < end]
+            snippet = " ".join(s.text for s in segments)
+            matched = sorted({w for w in _WORD.findall(snippet.lower()) if w in terms})
+            best = clips.get((span.media_id, span.best_clip))
+            thumb = str(self.store.root / best.thumbnail) if best is not None and best.thumbnail else None
+            per_source = {}
+            for name, scores in source_scores.items():
+                vals = [scores[(span.media_id, i)] for i in span.clip_scores if (span.media_id, i) in scores]
+                if vals:
+                    per_source[name] = round(max(vals), 4)
+            moments.append(
+                Moment(
+                    media_id=span.media_id,
+                    media_path=m.path,
+                    start=round(start, 3),
+                    end=round(end, 3),
+                    score=round(span.score, 6),
+                    scores=per_source,
+                    text=snippet,
+                    matched=matched,
+                    thumbnail=thumb,
+                    link=f"{Path(m.path).as_uri()}#t={start:.2f}",
+                    clips=sorted(span.clip_scores),
+                    concepts=[str(c[0]) for c in (best.concepts or [])[:3]] if best is not None else [],
+                )
+            )
+        return moments
+
+    def _moment_rows(
+        self, spans: Sequence[MomentSpan]
+    ) -> tuple[dict[int, Media], dict[ClipKey, Any], dict[int, list[TranscriptSegment]]]:
+        """The catalog rows behind ``spans``: their media, their edge and best clips, and the transcript they cover."""
         wanted = {(s.media_id, i) for s in spans for i in (s.first_clip, s.last_clip, s.best_clip)}
         with self.catalog.session() as session:
             media = {
@@ -292,48 +345,4 @@ class SearchEngine:
                     select(TranscriptSegment).where(or_(*ranges)).order_by(TranscriptSegment.segment_index)
                 ):
                     by_media.setdefault(seg.media_id, []).append(seg)
-            moments = []
-            for span in spans:
-                first, last = clips.get((span.media_id, span.first_clip)), clips.get((span.media_id, span.last_clip))
-                m = media.get(span.media_id)
-                if first is None or last is None or m is None or m.status != MediaStatus.INDEXED:
-                    continue  # the index is a step behind the catalog; never show what the catalog lost
-                start, end = float(first.start), float(last.end)
-                segments = [s for s in by_media.get(span.media_id, []) if s.end > start and s.start < end]
-                words = [
-                    (float(w[0]), float(w[1]), str(w[2]))
-                    for seg in segments
-                    for w in (seg.words or [])
-                    if float(w[1]) > start and float(w[0]) < end
-                ]
-                focus = focus_on_matches(words, terms)
-                if focus is not None:
-                    # The clips carry a few seconds of context; the words that matched say where it is.
-                    start, end = max(start, focus[0]), min(end, focus[1])
-                    segments = [s for s in segments if s.end > start and s.start < end]
-                snippet = " ".join(s.text for s in segments)
-                matched = sorted({w for w in _WORD.findall(snippet.lower()) if w in terms})
-                best = clips.get((span.media_id, span.best_clip))
-                thumb = str(self.store.root / best.thumbnail) if best is not None and best.thumbnail else None
-                per_source = {}
-                for name, scores in source_scores.items():
-                    vals = [scores[(span.media_id, i)] for i in span.clip_scores if (span.media_id, i) in scores]
-                    if vals:
-                        per_source[name] = round(max(vals), 4)
-                moments.append(
-                    Moment(
-                        media_id=span.media_id,
-                        media_path=m.path,
-                        start=round(start, 3),
-                        end=round(end, 3),
-                        score=round(span.score, 6),
-                        scores=per_source,
-                        text=snippet,
-                        matched=matched,
-                        thumbnail=thumb,
-                        link=f"{Path(m.path).as_uri()}#t={start:.2f}",
-                        clips=sorted(span.clip_scores),
-                        concepts=[str(c[0]) for c in (best.concepts or [])[:3]] if best is not None else [],
-                    )
-                )
-        return moments
+        return media, clips, by_media
