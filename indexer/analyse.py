@@ -15,6 +15,8 @@ import numpy as np
 from indexer.transcribe import TranscribeOptions
 
 if TYPE_CHECKING:
+    from indexer.clip_features import ClipFeatures
+    from indexer.clips import Clip
     from indexer.probe import ProbeResult
     from indexer.transcribe import Segment, Transcript
     from indexer.write import Analysis
@@ -49,11 +51,7 @@ def analyse(
 ) -> Analysis:
     """Decode, featurise, cut into clips and transcribe one probed file (no catalog access)."""
     # Imported here: PyAV, Pillow and the decoder are for the processes that analyse files.
-    from indexer.clip_features import pool_clips
     from indexer.clips import make_clips
-    from indexer.decode import VideoDecoder
-    from indexer.thumbnails import ThumbnailCollector
-    from indexer.transcribe import Transcript, iter_segments
     from indexer.write import Analysis
 
     timings = timings if timings is not None else {}
@@ -65,94 +63,26 @@ def analyse(
         total = video_share * state["video"] + (1 - video_share) * state["audio"] if info.has_video else state["audio"]
         report(stage, total)
 
+    def on_audio(fraction: float) -> None:
+        state["audio"] = fraction
+        combined("transcribe")
+
+    def on_video(fraction: float) -> None:
+        state["video"] = fraction
+        combined("features")
+
     stop = threading.Event()
     asr_future: Future[Transcript] | None = None
     executor: ThreadPoolExecutor | None = None
     if info.has_audio:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidx-asr")
-
-        def run_asr() -> Transcript:
-            t0 = time.perf_counter()
-            segments: list[Segment] = []
-            stream, asr_info = iter_segments(path, options.transcribe, options.cache_dir)
-            for seg in stream:
-                if stop.is_set():
-                    break
-                segments.append(seg)
-                state["audio"] = min(seg.end / max(info.duration, 1e-6), 1.0)
-                combined("transcribe")
-            timings["transcribe"] = time.perf_counter() - t0
-            return Transcript(
-                language=asr_info.language,
-                language_probability=asr_info.language_probability,
-                duration=info.duration,
-                segments=segments,
-            )
-
-        asr_future = executor.submit(run_asr)
+        asr_future = executor.submit(_transcribe, path, info, options, stop, on_audio, timings)
 
     try:
-        clip_features = None
-        thumbnails: list[bytes | None] = []
-        cuts: list[float] = []
         if info.has_video:
-            t0 = time.perf_counter()
-            from indexer.backbone import FrameEncoder  # torch: loaded only for files with video
-
-            encoder = FrameEncoder(batch_size=options.batch_size, threads=options.threads)
-            collector = ThumbnailCollector(max_width=options.thumbnail_width)
-            times: list[float] = []
-            feats: list[np.ndarray] = []
-            probs: list[np.ndarray] = []
-            batch: list[np.ndarray] = []
-            encode_s = 0.0
-
-            def flush() -> None:
-                nonlocal encode_s
-                if batch:
-                    t = time.perf_counter()
-                    f, p = encoder.encode(np.stack(batch))
-                    encode_s += time.perf_counter() - t
-                    feats.append(f.astype(np.float16))
-                    probs.append(p.astype(np.float16))
-                    batch.clear()
-
-            with VideoDecoder(
-                path,
-                fps=options.feature_fps,
-                short_side=options.frame_size,
-                scene_threshold=options.scene_threshold,
-                threads=options.threads,
-                info=info,
-                skip_nonref=options.skip_nonref,
-            ) as decoder:
-                expected = max(decoder.frames_total_estimate, 1)
-                for frame in decoder:
-                    times.append(frame.time)
-                    batch.append(frame.rgb)
-                    collector.add(frame)
-                    if len(batch) >= options.batch_size:
-                        flush()
-                        state["video"] = min(len(times) / expected, 1.0)
-                        combined("features")
-                flush()
-                cuts = list(decoder.cuts)
-            timings["video"] = time.perf_counter() - t0
-            timings["encode"] = encode_s
-            clips = make_clips(info.duration, cuts, options.clip_seconds)
-            clip_features = pool_clips(
-                np.asarray(times, dtype=np.float64),
-                np.concatenate(feats).astype(np.float32),
-                np.concatenate(probs).astype(np.float32),
-                [(c.start, c.end) for c in clips],
-                top_k=options.top_concepts,
-            )
-            thumbnails = list(collector.for_clips(clips))
-            state["video"] = 1.0
-            combined("features")
+            video = _analyse_video(path, info, options, on_video, timings)
         else:
-            clips = make_clips(info.duration, [], options.clip_seconds)
-
+            video = _Video(clips=make_clips(info.duration, [], options.clip_seconds))
         transcript = None
         if asr_future is not None:
             report("transcribe", state["audio"])
@@ -166,9 +96,115 @@ def analyse(
     return Analysis(
         probe=info,
         content_hash=digest,
-        clips=clips,
-        clip_features=clip_features,
-        thumbnails=thumbnails,
+        clips=video.clips,
+        clip_features=video.clip_features,
+        thumbnails=video.thumbnails,
         transcript=transcript,
-        cuts=cuts,
+        cuts=video.cuts,
     )
+
+
+def _transcribe(
+    path: Path,
+    info: ProbeResult,
+    options: IngestOptions,
+    stop: threading.Event,
+    on_audio: Callable[[float], None],
+    timings: dict[str, float],
+) -> Transcript:
+    """Whisper over the whole file (run in a thread beside the video half); stops early once ``stop`` is set."""
+    from indexer.transcribe import Transcript, iter_segments
+
+    t0 = time.perf_counter()
+    segments: list[Segment] = []
+    stream, asr_info = iter_segments(path, options.transcribe, options.cache_dir)
+    for seg in stream:
+        if stop.is_set():
+            break
+        segments.append(seg)
+        on_audio(min(seg.end / max(info.duration, 1e-6), 1.0))
+    timings["transcribe"] = time.perf_counter() - t0
+    return Transcript(
+        language=asr_info.language,
+        language_probability=asr_info.language_probability,
+        duration=info.duration,
+        segments=segments,
+    )
+
+
+@dataclass
+class _Video:
+    """What the video half produced: the clips and, for files with video, their features, thumbnails and cuts."""
+
+    clips: list[Clip]
+    clip_features: ClipFeatures | None = None
+    thumbnails: list[bytes | None] = field(default_factory=list)
+    cuts: list[float] = field(default_factory=list)
+
+
+def _analyse_video(
+    path: Path,
+    info: ProbeResult,
+    options: IngestOptions,
+    on_video: Callable[[float], None],
+    timings: dict[str, float],
+) -> _Video:
+    """Decode and encode the frames in batches, cut at the scene changes, pool per clip, keep a thumbnail per clip."""
+    from indexer.clip_features import pool_clips
+    from indexer.clips import make_clips
+    from indexer.decode import VideoDecoder
+    from indexer.thumbnails import ThumbnailCollector
+
+    t0 = time.perf_counter()  # the video time includes loading the backbone, as it always has
+    from indexer.backbone import FrameEncoder  # torch: loaded only for files with video
+
+    encoder = FrameEncoder(batch_size=options.batch_size, threads=options.threads)
+    collector = ThumbnailCollector(max_width=options.thumbnail_width)
+    times: list[float] = []
+    feats: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    encode_s = 0.0
+
+    def flush() -> None:
+        nonlocal encode_s
+        if batch:
+            t = time.perf_counter()
+            f, p = encoder.encode(np.stack(batch))
+            encode_s += time.perf_counter() - t
+            feats.append(f.astype(np.float16))
+            probs.append(p.astype(np.float16))
+            batch.clear()
+
+    with VideoDecoder(
+        path,
+        fps=options.feature_fps,
+        short_side=options.frame_size,
+        scene_threshold=options.scene_threshold,
+        threads=options.threads,
+        info=info,
+        skip_nonref=options.skip_nonref,
+    ) as decoder:
+        expected = max(decoder.frames_total_estimate, 1)
+        for frame in decoder:
+            times.append(frame.time)
+            batch.append(frame.rgb)
+            collector.add(frame)
+            if len(batch) >= options.batch_size:
+                flush()
+                on_video(min(len(times) / expected, 1.0))
+        flush()
+        cuts = list(decoder.cuts)
+    timings["video"] = time.perf_counter() - t0
+    timings["encode"] = encode_s
+    clips = make_clips(info.duration, cuts, options.clip_seconds)
+    clip_features = pool_clips(
+        np.asarray(times, dtype=np.float64),
+        np.concatenate(feats).astype(np.float32),
+        np.concatenate(probs).astype(np.float32),
+        [(c.start, c.end) for c in clips],
+        top_k=options.top_concepts,
+    )
+    thumbnails = list(collector.for_clips(clips))
+    on_video(1.0)
+    return _Video(clips=clips, clip_features=clip_features, thumbnails=thumbnails, cuts=cuts)
