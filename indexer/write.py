@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -13,7 +14,7 @@ from indexer.clips import Clip
 from indexer.embed import ClipEmbeddings
 from indexer.clip_features import ClipFeatures
 from indexer.probe import ProbeResult
-from indexer.transcribe import Transcript
+from indexer.transcribe import Segment, Transcript
 from store.catalog import Catalog, Clip as ClipRow, Media, MediaStatus, TranscriptSegment, utcnow
 from store.features import FeatureStore
 
@@ -60,6 +61,36 @@ def write_analysis(
     With ``job_id``, the write happens only if that job still holds the media row's claim
     (``ClaimLostError`` otherwise), so two jobs racing on one file leave one copy.
     """
+    arrays, meta = _feature_files(analysis)
+    store.write(analysis.content_hash, arrays, analysis.thumbnails, meta)
+    segments = analysis.transcript.segments if analysis.transcript is not None else []
+
+    with catalog.session() as session:
+        media = session.get(Media, media_id, with_for_update=True)
+        if media is None:
+            raise ValueError(f"expected media id {media_id} in the catalog")
+        if job_id is not None and media.claimed_by != job_id:
+            raise ClaimLostError(f"job {media.claimed_by} took over this file; its copy is kept")
+        old_hash = media.content_hash
+        session.execute(delete(ClipRow).where(ClipRow.media_id == media_id))
+        session.execute(delete(TranscriptSegment).where(TranscriptSegment.media_id == media_id))
+        session.flush()
+        session.add_all(_clip_rows(store, media_id, analysis))
+        session.add_all(_segment_rows(media_id, segments))
+        _mark_indexed(media, analysis, len(segments))
+        still_used = 0
+        if old_hash and old_hash != analysis.content_hash:
+            still_used = session.scalar(
+                select(func.count()).select_from(Media).where(Media.content_hash == old_hash, Media.id != media_id)
+            ) or 0
+    # The old content's files go only after the commit, and only if no other row shares them.
+    if old_hash and old_hash != analysis.content_hash and not still_used:
+        store.delete(old_hash)
+    return WriteResult(media_id=media_id, clip_count=len(analysis.clips), segment_count=len(segments))
+
+
+def _feature_files(analysis: Analysis) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and the meta the feature store keeps for one file."""
     arrays: dict[str, np.ndarray] = {
         "clip_times": np.asarray([[c.start, c.end] for c in analysis.clips], dtype=np.float32).reshape(-1, 2),
     }
@@ -74,80 +105,70 @@ def write_analysis(
         "has_video": analysis.probe.has_video,
         "cuts": [round(c, 3) for c in analysis.cuts],
     }
-    store.write(analysis.content_hash, arrays, analysis.thumbnails, meta)
+    return arrays, meta
 
+
+def _clip_rows(store: FeatureStore, media_id: int, analysis: Analysis) -> list[ClipRow]:
     concepts: Sequence[list[tuple[str, float]]] | None = (
         analysis.clip_features.concepts if analysis.clip_features is not None else None
     )
     frame_counts = analysis.clip_features.frame_counts if analysis.clip_features is not None else None
-    segments = analysis.transcript.segments if analysis.transcript is not None else []
+    rows = []
+    for clip in analysis.clips:
+        thumb = None
+        if clip.index < len(analysis.thumbnails) and analysis.thumbnails[clip.index]:
+            thumb = str(store.thumbnail_path(analysis.content_hash, clip.index).relative_to(store.root))
+        rows.append(
+            ClipRow(
+                media_id=media_id,
+                clip_index=clip.index,
+                start=float(clip.start),
+                end=float(clip.end),
+                shot=clip.shot,
+                frame_count=int(frame_counts[clip.index]) if frame_counts is not None else 0,
+                concepts=[[name, round(float(p), 4)] for name, p in concepts[clip.index]] if concepts else None,
+                thumbnail=thumb,
+            )
+        )
+    return rows
 
-    with catalog.session() as session:
-        media = session.get(Media, media_id, with_for_update=True)
-        if media is None:
-            raise ValueError(f"expected media id {media_id} in the catalog")
-        if job_id is not None and media.claimed_by != job_id:
-            raise ClaimLostError(f"job {media.claimed_by} took over this file; its copy is kept")
-        old_hash = media.content_hash
-        session.execute(delete(ClipRow).where(ClipRow.media_id == media_id))
-        session.execute(delete(TranscriptSegment).where(TranscriptSegment.media_id == media_id))
-        session.flush()
-        for clip in analysis.clips:
-            thumb = None
-            if clip.index < len(analysis.thumbnails) and analysis.thumbnails[clip.index]:
-                thumb = str(store.thumbnail_path(analysis.content_hash, clip.index).relative_to(store.root))
-            session.add(
-                ClipRow(
-                    media_id=media_id,
-                    clip_index=clip.index,
-                    start=float(clip.start),
-                    end=float(clip.end),
-                    shot=clip.shot,
-                    frame_count=int(frame_counts[clip.index]) if frame_counts is not None else 0,
-                    concepts=[[name, round(float(p), 4)] for name, p in concepts[clip.index]] if concepts else None,
-                    thumbnail=thumb,
-                )
-            )
-        for i, seg in enumerate(segments):
-            session.add(
-                TranscriptSegment(
-                    media_id=media_id,
-                    segment_index=i,
-                    start=float(seg.start),
-                    end=float(seg.end),
-                    text=seg.text.strip(),
-                    words=[[round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)] for w in seg.words],
-                    avg_logprob=float(seg.avg_logprob),
-                    no_speech_prob=float(seg.no_speech_prob),
-                )
-            )
-        p = analysis.probe
-        media.content_hash = analysis.content_hash
-        media.size_bytes = p.size_bytes
-        media.duration = p.duration
-        media.format_name = p.format_name
-        media.has_video = p.has_video
-        media.has_audio = p.has_audio
-        media.video_codec = p.video_codec
-        media.audio_codec = p.audio_codec
-        media.width = p.width
-        media.height = p.height
-        media.fps = p.fps
-        media.streams = p.streams
-        media.language = analysis.transcript.language if analysis.transcript is not None and segments else None
-        media.clip_count = len(analysis.clips)
-        media.segment_count = len(segments)
-        media.feature_version = FEATURE_VERSION
-        media.status = MediaStatus.INDEXED
-        media.error = None
-        media.claimed_by = None
-        media.indexed_at = utcnow()
-        still_used = 0
-        if old_hash and old_hash != analysis.content_hash:
-            still_used = session.scalar(
-                select(func.count()).select_from(Media).where(Media.content_hash == old_hash, Media.id != media_id)
-            ) or 0
-    # The old content's files go only after the commit, and only if no other row shares them.
-    if old_hash and old_hash != analysis.content_hash and not still_used:
-        store.delete(old_hash)
-    return WriteResult(media_id=media_id, clip_count=len(analysis.clips), segment_count=len(segments))
+
+def _segment_rows(media_id: int, segments: Sequence[Segment]) -> list[TranscriptSegment]:
+    return [
+        TranscriptSegment(
+            media_id=media_id,
+            segment_index=i,
+            start=float(seg.start),
+            end=float(seg.end),
+            text=seg.text.strip(),
+            words=[[round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)] for w in seg.words],
+            avg_logprob=float(seg.avg_logprob),
+            no_speech_prob=float(seg.no_speech_prob),
+        )
+        for i, seg in enumerate(segments)
+    ]
+
+
+def _mark_indexed(media: Media, analysis: Analysis, segment_count: int) -> None:
+    """Copy the probe and the counts onto the media row and flip it to ``indexed``, releasing its claim."""
+    p = analysis.probe
+    media.content_hash = analysis.content_hash
+    media.size_bytes = p.size_bytes
+    media.duration = p.duration
+    media.format_name = p.format_name
+    media.has_video = p.has_video
+    media.has_audio = p.has_audio
+    media.video_codec = p.video_codec
+    media.audio_codec = p.audio_codec
+    media.width = p.width
+    media.height = p.height
+    media.fps = p.fps
+    media.streams = p.streams
+    media.language = analysis.transcript.language if analysis.transcript is not None and segment_count else None
+    media.clip_count = len(analysis.clips)
+    media.segment_count = segment_count
+    media.feature_version = FEATURE_VERSION
+    media.status = MediaStatus.INDEXED
+    media.error = None
+    media.claimed_by = None
+    media.indexed_at = utcnow()
