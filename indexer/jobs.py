@@ -252,8 +252,8 @@ class JobReporter:
                 job.progress = round(fraction, 4)
 
 
-def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -> None:
-    """Raise ``ValueError`` (a one-line reason) unless ``job`` may be put back on the queue."""
+def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -> Job:
+    """``job``, if it may be put back on the queue; ``ValueError`` (a one-line reason) if not."""
     if job is None:
         raise ValueError(f"no job {job_id}")
     if job.kind != "ingest":
@@ -263,6 +263,7 @@ def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -
     if job.state == JobState.RUNNING and job.worker and owner_alive(job.worker, job.heartbeat_at, heartbeat_timeout):
         # A second chain of stages would race the live one for the file.
         raise ValueError(f"job {job_id} is running on {job.worker} (heartbeat is fresh); it is not stuck")
+    return job
 
 
 def retry_problems(catalog: Catalog, job_ids: Sequence[int], heartbeat_timeout: float = 60.0) -> list[str]:
@@ -283,9 +284,7 @@ def retry_job(catalog: Catalog, job_id: int, *, heartbeat_timeout: float = 60.0)
     A running job whose owner is alive is refused (``ValueError``): it is not stuck.
     """
     with catalog.session() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        check_retry(job, job_id, heartbeat_timeout)
-        assert job is not None
+        job = check_retry(session.get(Job, job_id, with_for_update=True), job_id, heartbeat_timeout)
         job.state = JobState.QUEUED
         job.done_stage = None
         job.worker = None
