@@ -108,15 +108,11 @@ class StageEnv:
 
 @dataclass
 class StepResult:
-    """One stage's end: ``next`` says whether the job goes on (with ``work``) or ``result`` ended it."""
+    """One stage's end: ``start`` as :func:`begin_stage` said; ``work`` goes on to the next stage, ``result`` ended the job."""
 
     start: StageStart
     work: Work | None = None
     result: IngestResult | None = None
-
-    @property
-    def goes_on(self) -> bool:
-        return self.start in ("run", "done") and self.result is None
 
 
 def _embed(embedder: Embedder, analysis: Analysis) -> ClipEmbeddings:
