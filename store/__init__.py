@@ -1,1 +1,3 @@
-"""Persistence: the SQL catalog, the feature store and (later) the vector index."""
+"""Persistence: the SQL catalog (catalog) and its shared queries (queries), the feature store (features), the BM25
+index (lexical), the vector index (vectors/) and crash-safe file writes (files); it imports nothing of ours outside store.
+"""

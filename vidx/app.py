@@ -1,4 +1,4 @@
-"""Wiring: turns Settings into the plain objects the layers below take (catalog, stores, indexes, options)."""
+"""The front door's wiring: Settings become the plain Deployment that indexer.wiring opens, plus search, training and describe."""
 
 from __future__ import annotations
 
