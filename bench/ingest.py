@@ -50,7 +50,7 @@ def floor(kind: str, path: Path) -> dict[str, float]:
     import numpy as np
 
     from indexer.decode import VideoDecoder
-    from indexer.features import FrameEncoder
+    from indexer.backbone import FrameEncoder
     from indexer.probe import probe
     from indexer.transcribe import TranscribeOptions, iter_segments
 
