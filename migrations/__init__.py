@@ -1,4 +1,9 @@
-"""Alembic environment and revisions for the vidx catalog; upgrade() applies them on first use."""
+"""The catalog's schema migrations: env (the Alembic environment) and versions/ (one revision per change).
+
+``upgrade(engine)`` brings a catalog to head on first use (under an advisory lock on PostgreSQL);
+``script_head()`` reads the head from the revision files, so a catalog already at head is left alone
+without importing Alembic.
+"""
 
 from __future__ import annotations
 
