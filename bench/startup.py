@@ -74,6 +74,27 @@ def commands(python: str) -> dict[str, list[str]]:
     }
 
 
+def time_ingest(path: Path, sides: dict[str, tuple[Path, dict[str, str]]], tmp: Path, runs: int) -> list[dict[str, object]]:
+    """`vidx ingest FILE` into a fresh data directory per run, the two trees turn about; medians and realtime factor."""
+    import av  # the duration, for the realtime factor
+
+    with av.open(str(path)) as container:
+        duration = float(container.duration or 0) / 1e6
+    samples: dict[str, list[tuple[float, float]]] = {}
+    for i in range(runs):
+        for side, (tree, env) in sides.items():
+            data = tmp / f"ingest-{side}-{i}"
+            argv = [sys.executable, "-m", "vidx", "ingest", str(path), "--json"]
+            samples.setdefault(side, []).append(run_once(argv, dict(env, VIDX_DATA_DIR=str(data)), tree))
+    rows = []
+    for side, runs_ in samples.items():
+        wall = statistics.median(r[0] for r in runs_)
+        rows.append({"command": f"vidx ingest {path.name}", "side": side, "runs": len(runs_), "wall_s_median": round(wall, 2),
+                     "rss_mib_median": round(statistics.median(r[1] for r in runs_), 1),
+                     "realtime_factor": round(duration / wall, 1) if wall else None})
+    return rows
+
+
 def warm_search(tree: Path, env: dict[str, str], queries: int) -> dict[str, object]:
     proc = subprocess.run([sys.executable, str(tree / "bench" / "search.py"), "--sizes", "10000", "--queries", str(queries)],
                           env=env, cwd=tree, capture_output=True, text=True, check=True)
@@ -87,6 +108,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=10_000)
     parser.add_argument("--warm", action="store_true", help="Also bench/search.py at 10k clips in both trees.")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ingest", type=Path, help="Also time `vidx ingest FILE` (fresh data dir each run) in both trees.")
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_only is not None:
@@ -122,6 +144,11 @@ def main() -> None:
                        "rss_mib_median": round(statistics.median(r[1] for r in runs), 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if args.ingest is not None:
+                ingest_rows = time_ingest(args.ingest.resolve(), sides, tmp, args.runs)
+                rows += ingest_rows
+                for row in ingest_rows:
+                    print(json.dumps(row), flush=True)
             warm = {}
             if args.warm:
                 for side, (tree, env) in sides.items():
@@ -134,7 +161,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}, {args.clips} clips, medians of {args.runs} runs")
     print(f"\n| command | before ({args.before}) | after | before / after (wall) |\n|---|---|---|---|")
     by = {(r["command"], r["side"]): r for r in rows}
-    for name in commands(sys.executable):
+    for name in dict.fromkeys(r["command"] for r in rows):
         b, a = by[(name, "before")], by[(name, "after")]
         print(f"| `{name}` | {b['wall_s_median']:.2f} s, {b['rss_mib_median']:.0f} MiB | "
               f"{a['wall_s_median']:.2f} s, {a['rss_mib_median']:.0f} MiB | {b['wall_s_median'] / a['wall_s_median']:.1f}x |")
