@@ -114,7 +114,8 @@ def sync_index(
     """Bring the search index in line with the catalog; ``full`` re-embeds and rewrites every file.
 
     Only one process may run this per index (the FAISS files and Qdrant's local mode have one
-    owner); workers never call it, they only write catalog rows and feature files.
+    owner): it runs under ``sync_lock`` (the `vidx.sync` task, `vidx ingest`, `search`, `reindex`), while
+    the ingest stages only write catalog rows and feature files.
     """
     t0 = time.perf_counter()
     report = SyncReport()

@@ -172,7 +172,7 @@ class SearchEngine:
         dense = [s for s in options.sources if s in ("speech", "visual")]
         lexical: Future[tuple[list[Candidate], float]] | None = None
         if "lexical" in options.sources:
-            # BM25 (numpy) runs beside the query embedding (torch): both release the GIL, and
+            # BM25 (numpy) runs beside the query embedding (onnxruntime): both release the GIL, and
             # neither needs the other, so the two cores each take one.
             if dense:
                 lexical = self._pool().submit(self._lexical_search, query, options.candidates, allowed, has_speech)
