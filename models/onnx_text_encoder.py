@@ -159,6 +159,8 @@ def export_onnx(config: TextEncoderConfig, out: Path) -> Path:
     """
     out = Path(out)
     t0 = time.perf_counter()
+    # Not store.files.atomic_write: models/ imports nothing of ours outside it, and the exporter
+    # writes to a path (it needs the file to check it with onnxruntime before the rename).
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
