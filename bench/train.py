@@ -63,7 +63,7 @@ def _evaluate(vapp: Any, spec: Any, rerank: bool, limit: int) -> tuple[dict[str,
         options = vapp.search_options(limit=limit)
         engine.search(spec.queries[0].text, options)  # models load on first use: not part of a query's time
         t0 = time.perf_counter()
-        results = {q.id: [m.to_dict() for m in engine.search(q.text, options)] for q in spec.queries}
+        results = {q.id: [m.model_dump() for m in engine.search(q.text, options)] for q in spec.queries}
         per_query = (time.perf_counter() - t0) / max(len(spec.queries), 1)
     return evaluate(spec, results), per_query
 

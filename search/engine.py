@@ -7,11 +7,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, Field
 from sqlalchemy import and_, or_, select
 
 from search.fusion import Candidate, ClipKey, reciprocal_rank, weighted_sum
@@ -58,23 +59,24 @@ class SearchOptions:
     max_moment_clips: int = 20
 
 
-@dataclass
-class Moment:
-    media_id: int
-    media_path: str
-    start: float
-    end: float
-    score: float
-    scores: dict[str, float]
-    text: str
-    matched: list[str]
-    thumbnail: str | None
-    link: str
-    clips: list[int] = field(default_factory=list)
-    concepts: list[str] = field(default_factory=list)
+class Moment(BaseModel):
+    """One search result: a span of one file, why it was found, and what was said there.
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    Defined once: `vidx search --json` prints these, and the HTTP API returns them (with URLs added).
+    """
+
+    media_id: int
+    media_path: str = Field(description="Absolute path of the ingested file.")
+    start: float = Field(description="Seconds.")
+    end: float = Field(description="Seconds.")
+    score: float = Field(description="The fused score (higher is better); comparable within one result list only.")
+    scores: dict[str, float] = Field(description="Per source (lexical, speech, visual, align): its best score in the moment.")
+    text: str = Field(description="The transcript around the moment ('' without speech).")
+    matched: list[str] = Field(description="Query words found in the text.")
+    thumbnail: str | None = Field(description="Path of the best clip's thumbnail JPEG on the server.")
+    link: str = Field(description="file:// URL of the media with a #t= fragment at the start.")
+    clips: list[int] = Field(default_factory=list, description="Clip indices the moment spans.")
+    concepts: list[str] = Field(default_factory=list, description="Top concept tags of the best clip.")
 
 
 def clean_query(text: str) -> str:

@@ -58,7 +58,7 @@ def search(
         with vapp.vectors(read_only=True) as vectors:
             moments = vapp.engine(vectors).search(query, options, filters)
     if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in moments], indent=2))
+        typer.echo(json.dumps([m.model_dump() for m in moments], indent=2))
         return
     if not moments:
         console.print("no matching moments")
@@ -145,7 +145,7 @@ def evaluate_manifest(
             engine = vapp.engine(vectors)
             for name, overrides in configs.items():
                 options = vapp.search_options(limit=limit, **overrides)
-                results = {q.id: [m.to_dict() for m in engine.search(q.text, options)] for q in spec.queries}
+                results = {q.id: [m.model_dump() for m in engine.search(q.text, options)] for q in spec.queries}
                 scored = evaluate(spec, results)
                 if name == "hybrid":
                     report["metrics"] = scored["metrics"]
