@@ -15,6 +15,12 @@ then ``os.replace`` it into place, and remove the temporary on any error:
   clean exit, replaces ``final`` whole (via :func:`atomic_replace_dir`).
 * :func:`fsync_dir` - make a rename inside a directory durable.
 
+Generations, for a directory that readers in other threads or processes open while one writer
+replaces it: the writer stages each version as ``gen-NNNNNN/``, then switches the file
+``CURRENT`` to its name (:func:`switch_current`, an :func:`atomic_write`), so a reader
+(:func:`read_current`) finds one whole generation or the one before, never a missing or
+half-written one; :func:`sweep_generations` removes those no reader can still be opening.
+
 Concurrent writers of one path each write their own temporary file and the last rename wins, so a
 reader never sees a half-written file. Temporary names start with a dot and end in ``.tmp``
 (``.name.<hex>.tmp``) or contain ``.tmp-`` (staging directories), so a sweep can recognise them.
@@ -30,7 +36,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_replace_dir", "atomic_write", "fsync_dir", "staged_dir"]
+__all__ = [
+    "atomic_replace_dir",
+    "atomic_write",
+    "fsync_dir",
+    "generation_number",
+    "read_current",
+    "staged_dir",
+    "sweep_generations",
+    "switch_current",
+]
 
 
 def _token() -> str:
@@ -124,3 +139,46 @@ def staged_dir(
         raise
     if fsync:
         fsync_dir(final.parent)
+
+
+def generation_number(name: str) -> int | None:
+    """The number of a generation directory name ``gen-NNNNNN``, or None for any other name."""
+    digits = name[4:] if name.startswith("gen-") else ""
+    return int(digits) if digits.isdigit() else None
+
+
+def read_current(root: Path | str) -> str | None:
+    """The generation ``root/CURRENT`` names, or None before the first switch."""
+    try:
+        return (Path(root) / "CURRENT").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def switch_current(root: Path | str, name: str) -> None:
+    """Make ``name`` (a complete directory in ``root``) the live generation, durably and in one step."""
+    with atomic_write(Path(root) / "CURRENT") as f:
+        f.write(name.encode())
+
+
+def sweep_generations(root: Path | str, live: str | None, *, keep: int = 2) -> None:
+    """Remove the generations of ``root`` that no reader can still be opening (writer only, under its lock).
+
+    Kept: ``live`` and the ``keep - 1`` finished generations numbered just below it, because a
+    reader that read ``CURRENT`` just before a switch may still be loading the one before.
+    Removed: every other ``gen-NNNNNN`` (older ones, and newer ones a writer renamed into place
+    but died before switching to) and the staging directories ``.gen-*`` unfinished writes left.
+    """
+    root = Path(root)
+    if keep < 1:
+        raise ValueError(f"expected keep >= 1, got {keep}")
+    gens = [p.name for p in root.glob("gen-*") if p.is_dir()]
+    done = sorted((g for g in gens if generation_number(g) is not None), key=lambda g: generation_number(g) or 0)
+    kept = {live}
+    if live in done:
+        i = done.index(live)
+        kept.update(done[max(0, i - keep + 1) : i])
+    unfinished = [p.name for p in root.glob(".gen-*") if p.is_dir()]
+    for g in gens + unfinished:
+        if g not in kept:
+            shutil.rmtree(root / g, ignore_errors=True)
