@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from store.catalog import Catalog, Job, JobState, Media, MediaStatus, utcnow
 
@@ -266,6 +266,21 @@ def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -
     return job
 
 
+@contextmanager
+def fail_unstarted(catalog: Catalog, job_ids: Sequence[int], reason: str = "interrupted before it started") -> Iterator[None]:
+    """Jobs of an embedded batch still queued when it stops (Ctrl-C, an error) end failed, not queued forever."""
+    try:
+        yield
+    except BaseException:
+        try:
+            with catalog.session() as session:
+                for job in session.scalars(select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.QUEUED)):
+                    fail_row(session, job, reason)
+        except Exception:  # noqa: BLE001 - the original error matters more
+            logger.warning("could not mark the batch's unstarted jobs failed", exc_info=True)
+        raise
+
+
 def retry_problems(catalog: Catalog, job_ids: Sequence[int], heartbeat_timeout: float = 60.0) -> list[str]:
     """Why each of ``job_ids`` may not be retried (one line each); empty when all may."""
     problems = []
@@ -344,6 +359,13 @@ def list_jobs(
             )
             for j in session.scalars(query)
         ]
+
+
+def count_by_state(catalog: Catalog) -> dict[tuple[str, str], int]:
+    """Job rows by (kind, state)."""
+    with catalog.session() as session:
+        rows = session.execute(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)).all()
+    return {(kind, state): n for kind, state, n in rows}
 
 
 def latest_batch(catalog: Catalog) -> str | None:

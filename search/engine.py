@@ -76,6 +76,7 @@ class Moment(BaseModel):
     thumbnail: str | None = Field(description="Path of the best clip's thumbnail JPEG on the server.")
     link: str = Field(description="file:// URL of the media with a #t= fragment at the start.")
     clips: list[int] = Field(default_factory=list, description="Clip indices the moment spans.")
+    best_clip: int | None = Field(default=None, description="The clip that scored best (its thumbnail is `thumbnail`).")
     concepts: list[str] = Field(default_factory=list, description="Top concept tags of the best clip.")
 
 
@@ -308,6 +309,7 @@ class SearchEngine:
                     thumbnail=thumb,
                     link=f"{Path(m.path).as_uri()}#t={start:.2f}",
                     clips=sorted(span.clip_scores),
+                    best_clip=span.best_clip,
                     concepts=[str(c[0]) for c in (best.concepts or [])[:3]] if best is not None else [],
                 )
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, func, or_, select, update
 from sqlalchemy.orm import selectinload
 
-from store.catalog import Catalog, Media, MediaStatus
+from store.catalog import Catalog, Clip, Media, MediaStatus
 
 
 # -- what the search index lacks -------------------------------------------------------------------
@@ -169,16 +169,46 @@ class MediaSummary:
         return asdict(self)
 
 
-def list_media(catalog: Catalog) -> list[MediaSummary]:
-    """Every file in the catalog, by path, whatever its state."""
+def list_media(catalog: Catalog, *, limit: int | None = None, offset: int = 0) -> list[MediaSummary]:
+    """The files in the catalog by path, whatever their state (a page of them with ``limit``)."""
+    query = select(Media).order_by(Media.path, Media.id).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
     with catalog.session() as session:
         return [
             MediaSummary(
                 id=m.id, path=m.path, status=m.status, duration=m.duration, video=m.has_video, audio=m.has_audio,
                 clips=m.clip_count, segments=m.segment_count, language=m.language, error=m.error,
             )
-            for m in session.scalars(select(Media).order_by(Media.path))
+            for m in session.scalars(query)
         ]
+
+
+def count_media(catalog: Catalog) -> int:
+    with catalog.session() as session:
+        return session.scalar(select(func.count()).select_from(Media)) or 0
+
+
+def get_media(catalog: Catalog, media_id: int) -> Media | None:
+    """One media row by id (its columns only), or None."""
+    with catalog.session() as session:
+        return session.get(Media, media_id)
+
+
+def media_rows(catalog: Catalog, media_ids: Iterable[int]) -> list[Media]:
+    """Media rows (columns only) by id; unknown ids are left out."""
+    with catalog.session() as session:
+        return list(session.scalars(select(Media).where(Media.id.in_(list(media_ids)))))
+
+
+def clip_thumbnail(catalog: Catalog, media_id: int, clip_index: int) -> str | None:
+    """The thumbnail of one clip of an indexed file, relative to the feature store's root; None if it has none."""
+    with catalog.session() as session:
+        return session.scalar(
+            select(Clip.thumbnail).join(Media, Media.id == Clip.media_id).where(
+                Clip.media_id == media_id, Clip.clip_index == clip_index, Media.status == MediaStatus.INDEXED
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -224,3 +254,21 @@ def media_detail(catalog: Catalog, ref: str, feature_root: os.PathLike[str] | st
                 for c in m.clips
             ],
         )
+
+
+def delete_media(catalog: Catalog, media_id: int) -> str | None:
+    """Remove one file from the catalog (its clips, segments and job links go with it).
+
+    Returns the content hash whose feature files nobody else uses any more (the caller deletes
+    them), else None. The user's file is never touched; the index drops its points at the next sync.
+    ``ValueError`` if there is no such media.
+    """
+    with catalog.session() as session:
+        media = session.get(Media, media_id)
+        if media is None:
+            raise ValueError(f"no media {media_id} (see `vidx ls`)")
+        key = media.content_hash
+        session.delete(media)
+        session.flush()
+        shared = key is not None and session.scalar(select(func.count()).select_from(Media).where(Media.content_hash == key))
+    return key if key and not shared else None

@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     worker_max_memory_mb: int = Field(default=3072, ge=256)
     worker_max_tasks_per_child: int = Field(default=200, ge=1)
 
+    # `vidx serve`: a bearer token for the API (required to listen on a non-loopback address), and the
+    # folders that POST /api/v1/ingest may read from (separated by ":"; none: ingest over HTTP is refused).
+    api_token: str | None = Field(default=None, min_length=16)
+    library_roots: str = ""
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8000, ge=1, le=65535)
+
+    def resolved_library_roots(self) -> list[Path]:
+        """The library roots, each with symlinks and `..` resolved (what ingest paths are checked against)."""
+        return [Path(os.path.realpath(os.path.expanduser(p))) for p in self.library_roots.split(os.pathsep) if p.strip()]
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

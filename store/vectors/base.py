@@ -124,6 +124,13 @@ class VectorIndex(ABC):
         has none to drop)."""
         self.close()
 
+    def refresh(self) -> bool:
+        """Readers of a long-lived process: pick up what the writer published since; whether anything changed.
+
+        A backend whose reads always see the latest writes (Qdrant) has nothing to pick up.
+        """
+        return False
+
     @property
     def concurrent_search(self) -> bool:
         """Whether searches from several threads run in parallel (else callers should not bother)."""

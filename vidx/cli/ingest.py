@@ -17,27 +17,35 @@ if TYPE_CHECKING:
     from vidx.app import App
 
 
-def ingest_files(vapp: App, files: list[Path], *, as_json: bool, quiet: bool = False) -> dict[str, int]:
-    """Ingest ``files`` with progress bars, then sync the search index; returns counts per status."""
+def ingest_files(
+    vapp: App, files: list[Path], *, as_json: bool, quiet: bool = False, job_ids: list[int] | None = None
+) -> dict[str, int]:
+    """Ingest ``files`` with progress bars, then sync the search index; returns counts per status.
+
+    ``job_ids``: jobs already created for ``files`` (by `vidx serve`), else one job per file is made now.
+    """
     import uuid
 
-    from indexer.pipeline import ingest_file
+    from indexer.jobs import create_jobs, fail_unstarted
+    from indexer.pipeline import StageEnv, run_job
 
     vapp.store.sweep()
-    options = vapp.ingest_options()
-    batch = str(uuid.uuid4())
+    env = StageEnv(vapp.catalog, vapp.store, vapp.ingest_options(), vapp.embedder)
+    if job_ids is None:
+        job_ids = create_jobs(vapp.catalog, files, batch=str(uuid.uuid4()))
     counts: dict[str, int] = {}
     failed: list[tuple[str, str]] = []
     duplicates: list[tuple[str, str]] = []
-    with progress_bars(disable=(as_json or quiet) and not sys.stderr.isatty()) as progress:
+    with progress_bars(disable=(as_json or quiet) and not sys.stderr.isatty()) as progress, \
+            fail_unstarted(vapp.catalog, job_ids):
         overall = progress.add_task(f"[bold]{len(files)} files", total=len(files))
-        for file in files:
+        for file, job_id in zip(files, job_ids):
             task = progress.add_task(f"  {escape(file.name[:40])}", total=1.0)
 
             def on_progress(stage: str, fraction: float, task: Any = task, name: str = file.name[:32]) -> None:
                 progress.update(task, completed=fraction, description=f"  {escape(name)} [dim]{stage}[/dim]")
 
-            result = ingest_file(file, vapp.catalog, vapp.store, options, on_progress, embedder=vapp.embedder, batch=batch)
+            result = run_job(env, job_id, progress=on_progress)
             counts[result.status] = counts.get(result.status, 0) + 1
             if result.status in ("failed", "duplicate"):
                 (failed if result.status == "failed" else duplicates).append((str(file), result.reason or ""))
@@ -97,12 +105,20 @@ def ingest(
     queue: Annotated[bool, typer.Option("--queue", help="Enqueue for `vidx worker`s ($VIDX_BROKER_URL) and return at once.")] = False,
     from_file: Annotated[Optional[Path], typer.Option("--from-file", help="Also ingest the paths listed in this text file (one a line; - for stdin).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="With --queue: wait for the batch, with a progress bar and its summary.")] = False,
+    run_batch: Annotated[Optional[str], typer.Option("--run-batch", hidden=True, help="Run the queued jobs of this batch in this process (`vidx serve`'s ingest child).")] = None,
 ) -> None:
     """Index media files into the catalog and the search index; exit 1 if any file failed."""
     from indexer.pipeline import expand_paths
 
     setup_logging(verbose)
     vapp = open_app(data_dir)
+    if run_batch is not None:
+        from indexer.jobs import list_jobs
+
+        queued = list(reversed(list_jobs(vapp.catalog, batch=run_batch, states=["queued"])))
+        counts = ingest_files(vapp, [Path(j.path or "") for j in queued], as_json=as_json, quiet=True,
+                              job_ids=[j.id for j in queued])
+        raise typer.Exit(1 if counts.get("failed") else 0)
     given = list(paths or []) + (_read_path_list(from_file) if from_file is not None else [])
     if not given:
         fail("give media files or folders, or --from-file LIST", 2)

@@ -88,13 +88,16 @@ def _try_sync(vapp: App) -> None:
 
 
 @app.command()
-def reindex(data_dir: DataDir = None) -> None:
+def reindex(
+    data_dir: DataDir = None,
+    stale: Annotated[bool, typer.Option("--stale", help="Only bring the index up to date (new, changed and deleted files); no rebuild.")] = False,
+) -> None:
     """Rebuild the search index from the catalog and feature store (no decoding, no ASR)."""
     setup_logging(False)
     vapp = open_app(data_dir)
     with progress_bars() as progress:
         task = progress.add_task("reindex", total=1.0)
-        report = vapp.sync(full=True, progress=lambda stage, f: progress.update(task, completed=f, description=f"reindex [dim]{stage}[/dim]"))
+        report = vapp.sync(full=not stale, progress=lambda stage, f: progress.update(task, completed=f, description=f"reindex [dim]{stage}[/dim]"))
         progress.update(task, completed=1.0)
     console.print(
         f"{report.upserted_media} media, {report.upserted_points} clips, "
