@@ -83,7 +83,10 @@ def media_file(state: State, media_id: int, request: Request) -> Response:
     from vidx.server import playback
 
     media = _media(state, media_id)
-    return playback.file_response(_existing_file(media), request.headers.get("range"), playback.mime_type(media))
+    try:
+        return playback.file_response(_existing_file(media), request.headers.get("range"), playback.mime_type(media))
+    except FileNotFoundError as e:  # gone between the check and the open
+        raise HTTPException(404, f"the file of media {media_id} is gone from where it was indexed") from e
 
 
 @router.get("/{media_id}/clip", responses={**NOT_FOUND, 400: {"model": Error}})
@@ -99,13 +102,15 @@ def media_clip(
     source = _existing_file(media)
     try:
         clip = playback.moment_clip(source, start, end, state.vapp.data_dir / "cache" / "clips",
-                                    has_video=bool(media.has_video), ffmpeg=ffmpeg_exe())
+                                    has_video=bool(media.has_video), ffmpeg=ffmpeg_exe(), duration=media.duration)
+    except FileNotFoundError as e:
+        raise HTTPException(404, f"the file of media {media_id} is gone from where it was indexed") from e
     except ValueError as e:
         raise HTTPException(400, str(e).splitlines()[0]) from e
     except RuntimeError as e:
         logger.warning("moment clip of media %s failed: %s", media_id, e)
         raise HTTPException(422, f"this file cannot be converted for the browser: {str(e).splitlines()[0]}") from e
-    return playback.file_response(clip, request.headers.get("range"), "video/mp4" if media.has_video else "audio/mp4")
+    return playback.file_response(clip, request.headers.get("range"), playback.clip_media_type(bool(media.has_video)))
 
 
 @router.get("/{media_id}/clips/{index}/thumbnail", response_class=FileResponse, responses=NOT_FOUND)
