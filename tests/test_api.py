@@ -236,3 +236,15 @@ def test_delete_removes_from_catalog_and_index_never_the_file(client: TestClient
     assert client.delete(f"/api/v1/media/{avi_id}").status_code == 404
     hits = client.get("/api/v1/search", params={"q": "purple elephant"}).json()["results"]
     assert all(h["media_id"] != avi_id for h in hits)
+
+
+def test_an_empty_library_answers_empty_not_an_error(tmp_path: Path) -> None:
+    from vidx.server.app import create_app
+    from vidx.settings import Settings
+
+    with TestClient(create_app(Settings(data_dir=tmp_path / "empty"))) as c:
+        assert c.get("/readyz").json() == {"status": "ready", "media": 0}
+        r = c.get("/api/v1/search", params={"q": "anything at all"})
+        assert r.status_code == 200 and r.json()["results"] == []
+        assert c.get("/api/v1/search", params={"q": "   "}).status_code == 400
+        assert c.get("/api/v1/media").json()["total"] == 0

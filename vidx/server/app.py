@@ -88,7 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        vapp.catalog  # noqa: B018 - migrate and connect before the first request, not during it
+        # Migrate, connect and load the query encoder and the indexes before the first request, not during it.
+        vapp.catalog  # noqa: B018
+        state.engine()
         yield
         state.close()
 

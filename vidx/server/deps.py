@@ -47,11 +47,14 @@ class ServerState:
     _engine: SearchEngine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def engine(self) -> SearchEngine:
-        """The search engine over the newest published index generation (vectors and BM25 alike)."""
+    def engine(self) -> SearchEngine | None:
+        """The search engine over the newest published index generation; None while nothing is indexed yet."""
         with self._lock:
             if self._engine is None:
-                self._vectors = self.vapp.vectors(read_only=True)
+                try:
+                    self._vectors = self.vapp.vectors(read_only=True)
+                except FileNotFoundError:  # no sync has published an index yet: an empty library
+                    return None
                 self._engine = self.vapp.engine(self._vectors)
             vectors, engine = self._vectors, self._engine
         # Cheap when nothing changed (a read of CURRENT); a new generation loads while other

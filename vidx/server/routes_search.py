@@ -50,11 +50,12 @@ def search(
     sources: Annotated[str | None, Query(description="Comma list of lexical, speech, visual.", max_length=100)] = None,
     per_media: Annotated[int | None, Query(ge=1, le=100)] = None,
 ) -> SearchResponse:
-    from search.engine import SearchFilters
+    from search.engine import SearchFilters, clean_query
 
     vapp = state.vapp
     t0 = time.perf_counter()
     try:
+        clean_query(q)  # an empty query is a 400 even before anything is indexed
         # One more than the page, so has_more needs no second search.
         options = vapp.search_options(
             limit=offset + limit + 1, fusion=fusion, per_media=per_media,
@@ -62,7 +63,8 @@ def search(
         )
         filters = SearchFilters(media=tuple(media), path_prefix=path_prefix, min_duration=min_duration,
                                 max_duration=max_duration, has_speech=speech)
-        moments = state.engine().search(q, options, filters)
+        engine = state.engine()
+        moments = engine.search(q, options, filters) if engine is not None else []
     except ValueError as e:
         state.metrics.searches.labels(outcome="bad_request").inc()
         raise HTTPException(400, str(e).splitlines()[0] if str(e) else "bad query") from e
