@@ -91,7 +91,7 @@ def media_ref_clause(ref: str) -> ColumnElement[bool]:
     ref = str(ref).strip()
     if not ref:
         return false()
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit() and int(ref) < 2**63:  # a larger number is no id a database holds
         return Media.id == int(ref)
     expanded = os.path.expanduser(ref)
     paths = {os.path.abspath(expanded), os.path.realpath(expanded)}

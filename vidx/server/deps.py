@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "vidx_session"
+# Ids live in 64-bit database integers: a larger number is a 422, not an OverflowError in the driver.
+DB_INT_MAX = 2**63 - 1
+MediaId = Annotated[int, Path(ge=0, le=DB_INT_MAX)]
+JobId = Annotated[int, Path(ge=0, le=DB_INT_MAX)]
+ClipIndex = Annotated[int, Path(ge=0, le=DB_INT_MAX)]
 
 
 def session_value(token: str) -> str:

@@ -32,6 +32,7 @@ class IngestRunner:
         self._child: subprocess.Popen[bytes] | None = None
         self._celery: Any = None
         self._lock = threading.Lock()
+        self._stopping = False
 
     @property
     def queued_mode(self) -> bool:
@@ -95,6 +96,8 @@ class IngestRunner:
             args = ["reindex", "--stale"] if item == _SYNC else ["ingest", "--run-batch", item]
             try:
                 with self._lock:
+                    if self._stopping:  # batches still queued at shutdown stay queued, no child outlives the server
+                        return
                     self._child = subprocess.Popen([sys.executable, "-m", "vidx", *args], env=self._env(),
                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
                 code = self._child.wait()
@@ -109,6 +112,7 @@ class IngestRunner:
     def stop(self) -> None:
         """Interrupt the running child (its job ends 'interrupted', retryable) and stop the thread."""
         with self._lock:
+            self._stopping = True
             child, thread = self._child, self._thread
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGINT)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from vidx.server.deps import State, require_auth
+from vidx.server.deps import JobId, State, require_auth
 from vidx.server.schemas import Error, IngestRequest, IngestResponse, Job, JobPage, QueuedJob
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_auth)], tags=["jobs"])
@@ -68,10 +69,15 @@ def ingest(state: State, body: IngestRequest) -> IngestResponse:
     return IngestResponse(batch=batch, jobs=[QueuedJob(id=i, path=str(f)) for i, f in zip(job_ids, files)])
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes (stored as UTC); OpenAPI's date-time needs the offset.
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
 def _job(j) -> Job:  # type: ignore[no-untyped-def]
     return Job(id=j.id, kind=j.kind, path=j.path, state=j.state, stage=j.stage, progress=round(j.progress, 4),
                attempts=j.attempts, outcome=j.outcome, reason=j.reason, media_id=j.media_id, batch=j.batch,
-               created_at=j.created_at, finished_at=j.finished_at)
+               created_at=_utc(j.created_at), finished_at=_utc(j.finished_at))
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -88,7 +94,7 @@ def jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses={404: {"model": Error}})
-def job(state: State, job_id: int) -> Job:
+def job(state: State, job_id: JobId) -> Job:
     from indexer.jobs import list_jobs
 
     rows = list_jobs(state.vapp.catalog, ids=[job_id])

@@ -10,13 +10,15 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from store import queries
-from vidx.server.deps import State, require_auth
+from vidx.server.deps import DB_INT_MAX, ClipIndex, MediaId, State, require_auth
 from vidx.server.schemas import ClipOut, Error, MediaDetail, MediaItem, MediaPage, Segment
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/media", dependencies=[Depends(require_auth)], tags=["media"])
 NOT_FOUND = {404: {"model": Error}}
+# What /file and /clip send: media bytes, not the JSON FastAPI documents by default.
+_MEDIA_BYTES = {"content": {"video/*": {}, "audio/*": {}, "application/octet-stream": {}}}
 
 
 def _thumb_url(media_id: int, clips: int, video: bool) -> str | None:
@@ -34,7 +36,8 @@ def _item(m: queries.MediaSummary) -> MediaItem:
 
 @router.get("", response_model=MediaPage)
 def list_media(
-    state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0
+    state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
 ) -> MediaPage:
     catalog = state.vapp.catalog
     items = [_item(m) for m in queries.list_media(catalog, limit=limit, offset=offset)]
@@ -49,7 +52,7 @@ def _media(state: State, media_id: int):  # type: ignore[no-untyped-def]
 
 
 @router.get("/{media_id}", response_model=MediaDetail, responses=NOT_FOUND)
-def media_detail(state: State, media_id: int) -> MediaDetail:
+def media_detail(state: State, media_id: MediaId) -> MediaDetail:
     from vidx.server import playback
 
     media = _media(state, media_id)
@@ -77,8 +80,10 @@ def _existing_file(media) -> Path:  # type: ignore[no-untyped-def]
     return path
 
 
-@router.get("/{media_id}/file", responses={**NOT_FOUND, 206: {"description": "A byte range"}, 416: {"model": Error}})
-def media_file(state: State, media_id: int, request: Request) -> Response:
+@router.get("/{media_id}/file", response_class=Response,
+            responses={**NOT_FOUND, 200: {"description": "The whole file", **_MEDIA_BYTES},
+                       206: {"description": "A byte range", **_MEDIA_BYTES}, 416: {"model": Error}})
+def media_file(state: State, media_id: MediaId, request: Request) -> Response:
     """The original file, with byte ranges so a browser can seek."""
     from vidx.server import playback
 
@@ -89,9 +94,12 @@ def media_file(state: State, media_id: int, request: Request) -> Response:
         raise HTTPException(404, f"the file of media {media_id} is gone from where it was indexed") from e
 
 
-@router.get("/{media_id}/clip", responses={**NOT_FOUND, 400: {"model": Error}})
+@router.get("/{media_id}/clip", response_class=Response,
+            responses={**NOT_FOUND, 200: {"description": "The clip (H.264/AAC MP4)", **_MEDIA_BYTES},
+                       206: {"description": "A byte range of it", **_MEDIA_BYTES}, 400: {"model": Error},
+                       416: {"model": Error}, 422: {"model": Error}})
 def media_clip(
-    state: State, media_id: int, request: Request,
+    state: State, media_id: MediaId, request: Request,
     start: Annotated[float, Query(ge=0)], end: Annotated[float, Query(gt=0)],
 ) -> Response:
     """A short H.264/AAC MP4 of [start, end], made on demand (for files a browser cannot play) and cached."""
@@ -114,7 +122,7 @@ def media_clip(
 
 
 @router.get("/{media_id}/clips/{index}/thumbnail", response_class=FileResponse, responses=NOT_FOUND)
-def clip_thumbnail(state: State, media_id: int, index: int) -> FileResponse:
+def clip_thumbnail(state: State, media_id: MediaId, index: ClipIndex) -> FileResponse:
     rel = queries.clip_thumbnail(state.vapp.catalog, media_id, index)
     path = state.vapp.store.root / rel if rel else None
     if path is None or not path.is_file():
@@ -123,7 +131,7 @@ def clip_thumbnail(state: State, media_id: int, index: int) -> FileResponse:
 
 
 @router.delete("/{media_id}", status_code=204, responses=NOT_FOUND)
-def delete_media(state: State, media_id: int) -> Response:
+def delete_media(state: State, media_id: MediaId) -> Response:
     """Remove a file from the catalog and the index (the next sync drops its points); never the file itself."""
     try:
         key = queries.delete_media(state.vapp.catalog, media_id)

@@ -69,7 +69,7 @@ def session_state(state: State, request: Request) -> SessionState:
     return SessionState(auth_required=True, authenticated=True)
 
 
-@router.post("/api/v1/session", status_code=204, responses={401: {"model": Error}})
+@router.post("/api/v1/session", status_code=204, responses={400: {"model": Error}, 401: {"model": Error}})
 def open_session(state: State, body: SessionRequest, request: Request) -> Response:
     """Trade the token for an HttpOnly, SameSite=Strict cookie: the page's <video> and <img> cannot send a header."""
     token = state.vapp.settings.api_token
