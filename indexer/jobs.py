@@ -266,6 +266,17 @@ def check_retry(job: Job | None, job_id: int, heartbeat_timeout: float = 60.0) -
     return job
 
 
+def fail_queued(catalog: Catalog, *, reason: str, batch: str | None = None, ids: Sequence[int] | None = None) -> int:
+    """Fail the jobs of ``batch`` (or ``ids``) that are still queued; returns how many."""
+    query = select(Job).where(Job.state == JobState.QUEUED)
+    query = query.where(Job.batch == batch) if batch is not None else query.where(Job.id.in_(list(ids or [])))
+    with catalog.session() as session:
+        jobs = list(session.scalars(query))
+        for job in jobs:
+            fail_row(session, job, reason)
+    return len(jobs)
+
+
 @contextmanager
 def fail_unstarted(catalog: Catalog, job_ids: Sequence[int], reason: str = "interrupted before it started") -> Iterator[None]:
     """Jobs of an embedded batch still queued when it stops (Ctrl-C, an error) end failed, not queued forever."""
@@ -273,9 +284,7 @@ def fail_unstarted(catalog: Catalog, job_ids: Sequence[int], reason: str = "inte
         yield
     except BaseException:
         try:
-            with catalog.session() as session:
-                for job in session.scalars(select(Job).where(Job.id.in_(list(job_ids)), Job.state == JobState.QUEUED)):
-                    fail_row(session, job, reason)
+            fail_queued(catalog, ids=job_ids, reason=reason)
         except Exception:  # noqa: BLE001 - the original error matters more
             logger.warning("could not mark the batch's unstarted jobs failed", exc_info=True)
         raise

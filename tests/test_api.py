@@ -248,3 +248,19 @@ def test_an_empty_library_answers_empty_not_an_error(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["results"] == []
         assert c.get("/api/v1/search", params={"q": "   "}).status_code == 400
         assert c.get("/api/v1/media").json()["total"] == 0
+
+
+def test_batches_the_server_never_started_end_failed_not_queued_forever(tmp_path: Path) -> None:
+    from indexer.jobs import create_jobs, list_jobs
+    from vidx.app import App
+    from vidx.server.ingest_runner import IngestRunner
+    from vidx.settings import Settings
+
+    vapp = App(Settings(data_dir=tmp_path / "d"))
+    runner = IngestRunner(vapp)
+    ids = create_jobs(vapp.catalog, [tmp_path / "a.mp4", tmp_path / "b.mp4"], batch="b-1")
+    runner._work.put("b-1")  # queued behind a batch that is still running when the server stops
+    runner.stop()
+    jobs = list_jobs(vapp.catalog, ids=ids)
+    assert [j.state for j in jobs] == ["failed", "failed"] and all("server stopped" in (j.reason or "") for j in jobs)
+    vapp.catalog.dispose()

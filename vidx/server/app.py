@@ -124,6 +124,9 @@ def create_app(settings: Settings) -> FastAPI:
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.url.path.startswith("/static/"):
+            # The page's modules must come from one release: revalidate (ETag) rather than mix versions.
+            response.headers["Cache-Control"] = "no-cache"
         return response
 
     for module in (routes_search, routes_media, routes_jobs, routes_ops):

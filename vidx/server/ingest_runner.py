@@ -123,3 +123,16 @@ class IngestRunner:
         if thread is not None:
             self._work.put(None)
             thread.join(timeout=5)
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """Batches that never started end failed with a reason, not queued forever with nobody to run them."""
+        from indexer.jobs import fail_queued
+
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                return
+            if item not in (None, _SYNC):
+                fail_queued(self.vapp.catalog, batch=item, reason="the server stopped before it ran; ingest it again")
