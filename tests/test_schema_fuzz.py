@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from test_page import serve  # the live-server harness of the browser tests
 
 schemathesis = pytest.importorskip("schemathesis")
 requests = pytest.importorskip("requests")
@@ -20,12 +20,6 @@ TOKEN = "fuzz-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_EXAMPLES = 50  # per operation and generation mode: the whole run stays under ~2 minutes on 2 cores
 MIN_REQUESTS = 800  # about 1,300 today; far fewer means generation stopped working, not that the API is fine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +36,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, cut_video: Path) -> Iterato
     done = subprocess.run([sys.executable, "-m", "vidx", "ingest", str(video)], capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stderr
-    port = _free_port()
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vidx", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-        env=dict(env, VIDX_API_TOKEN=TOKEN, VIDX_LIBRARY_ROOTS=str(root)),
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"vidx serve did not come up: {(data / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
-        yield {"base": base, "root": root, "video": video, "log": data / "server.log"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    log = data.parent / f"{data.name}-serve.log"
+    with serve(data, log, VIDX_API_TOKEN=TOKEN, VIDX_LIBRARY_ROOTS=str(root)) as base:
+        yield {"base": base, "root": root, "video": video, "log": log}
     # The fuzzing queues ingest batches and syncs: shutting down must not leave a child working on the library.
     assert not _processes_on(data), _processes_on(data)
 
