@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import struct
 import subprocess
 import threading
@@ -181,7 +182,8 @@ def test_bad_input_is_a_one_line_value_error(kind: str, message: str, tmp_path: 
     elif kind == "truncated":
         path.write_bytes(three_shots.read_bytes()[:2048])  # moov is at the end: the header is unusable
     elif kind == "random":
-        path.write_bytes(os.urandom(256 * 1024))
+        # Seeded: about one in a few hundred random buffers happens to parse as a subtitle stream.
+        path.write_bytes(random.Random(0).randbytes(256 * 1024))
     elif kind == "subtitles":
         path.write_text("1\n00:00:01,000 --> 00:00:02,000\nhello\n\n2\n00:00:03,000 --> 00:00:04,000\nworld\n")
     with pytest.raises(ValueError, match=message) as info:
