@@ -52,6 +52,18 @@ def sentences() -> list[str]:
     return pool
 
 
+def cut_queries(pool: list[str], n: int, seed: int) -> list[str]:
+    """``n`` queries of 2-6 consecutive words cut from the sentences of ``pool``."""
+    rnd = random.Random(seed)
+    queries = []
+    for _ in range(n):
+        words = rnd.choice(pool).split()
+        k = rnd.randint(2, min(6, len(words)))
+        lo = rnd.randint(0, len(words) - k)
+        queries.append(" ".join(words[lo : lo + k]))
+    return queries
+
+
 def build(data: Path, n: int, rng: np.random.Generator, pool: list[str]) -> dict[str, float]:
     from sqlalchemy import insert
 
@@ -154,13 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     pool = sentences()
-    rnd = random.Random(args.seed)
-    queries = []
-    for _ in range(args.queries):
-        words = rnd.choice(pool).split()
-        k = rnd.randint(2, min(6, len(words)))
-        lo = rnd.randint(0, len(words) - k)
-        queries.append(" ".join(words[lo : lo + k]))
+    queries = cut_queries(pool, args.queries, args.seed)
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}", file=sys.stderr)
     for size in (int(s) for s in args.sizes.split(",")):
         with contextlib.ExitStack() as stack:
