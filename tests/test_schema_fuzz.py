@@ -67,7 +67,8 @@ def _ranges():  # type: ignore[no-untyped-def]
     from hypothesis import strategies as st
 
     at = st.integers(min_value=0, max_value=1 << 20)
-    garbage = st.text(alphabet=[chr(c) for c in range(32, 127)], max_size=40)
+    # Stripped: a value with leading or trailing blanks is refused by the HTTP client before it is sent.
+    garbage = st.text(alphabet=[chr(c) for c in range(32, 127)], max_size=40).map(str.strip)
     return st.one_of(st.none(), st.builds("bytes={}-{}".format, at, at), st.builds("bytes={}-".format, at),
                      st.builds("bytes=-{}".format, at), garbage)
 
