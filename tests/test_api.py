@@ -264,3 +264,28 @@ def test_batches_the_server_never_started_end_failed_not_queued_forever(tmp_path
     jobs = list_jobs(vapp.catalog, ids=ids)
     assert [j.state for j in jobs] == ["failed", "failed"] and all("server stopped" in (j.reason or "") for j in jobs)
     vapp.catalog.dispose()
+
+
+def test_ingest_with_a_broker_goes_on_the_queue(library: dict[str, Path]) -> None:
+    """With VIDX_BROKER_URL the API only makes the jobs and publishes them; the workers do the rest."""
+    import uuid
+
+    from indexer.jobs import list_jobs
+    from indexer.tasks import create_app as celery_app
+    from indexer.tasks import purge
+
+    prefix = f"test-api-{uuid.uuid4().hex[:8]}"
+    for c in _client(library, broker_url="redis://127.0.0.1:6379/0", queue_prefix=prefix):
+        r = c.post("/api/v1/ingest", json={"paths": [str(library["mp4"])]})
+        assert r.status_code == 202, r.text
+        [job] = r.json()["jobs"]
+        vapp = c.app.state.vidx.vapp
+        assert [j.state for j in list_jobs(vapp.catalog, ids=[job["id"]])] == ["queued"]  # no embedded child ran it
+        try:
+            assert purge(celery_app(vapp.queue_config())) == 1  # its first stage was published, once
+        finally:
+            import redis
+
+            client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+            for key in list(client.scan_iter(f"*{prefix}*")):  # kombu's bindings of our queue names
+                client.delete(key)
