@@ -12,19 +12,16 @@ import torch
 
 from models.text_encoder import packaged_model_path
 from models.videobert import (
-    IGNORE,
     VideoBERT,
     VideoBertConfig,
     align_score,
     align_scores,
-    build_inputs,
     fill_text,
     load_checkpoint,
-    mask_tokens,
     predict_next_visual,
     save_checkpoint,
-    shuffle_negatives,
 )
+from models.videobert_inputs import IGNORE, build_inputs, mask_tokens, shuffle_negatives
 
 V = 16  # visual vocabulary of the toy problems
 W0 = 110  # first "word" id of the tiny text vocabulary (BERT's special ids stay where they are)

@@ -79,7 +79,7 @@ class Corpus:
 def videobert_batch(corpus: Corpus, split: str, rng: np.random.Generator, gen: Any, n: int, config: Any,
                     device: str) -> dict[str, Any]:
     """The paper's mix, masked: text-video pairs (half of them with the video of another unit), video-only, text-only."""
-    from models.videobert import build_inputs, mask_tokens, shuffle_negatives
+    from models.videobert_inputs import build_inputs, mask_tokens, shuffle_negatives
 
     data = corpus.data
     pairs = [p for p in data.pairs if p.split == split]

@@ -62,7 +62,7 @@ def masked_token_accuracy(vb: Any, corpus: Corpus, most_frequent_token: int, gen
     token) and text masked-token accuracy on held-out sentences."""
     import torch
 
-    from models.videobert import build_inputs, mask_tokens
+    from models.videobert_inputs import build_inputs, mask_tokens
 
     c = vb.config
     data = corpus.data
@@ -99,7 +99,8 @@ def masked_token_accuracy(vb: Any, corpus: Corpus, most_frequent_token: int, gen
 
 def alignment_auc(vb: Any, corpus: Corpus, pairs: Sequence[Pair], gen: Any) -> dict[str, Any]:
     """VideoBERT's alignment AUC on held-out pairs, half of them given the video of another unit."""
-    from models.videobert import align_scores, shuffle_negatives
+    from models.videobert import align_scores
+    from models.videobert_inputs import shuffle_negatives
 
     value = None
     if pairs:
