@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+import schemathesis
 
 from test_page import serve  # the live-server harness of the browser tests
-
-schemathesis = pytest.importorskip("schemathesis")
-requests = pytest.importorskip("requests")
 
 TOKEN = "fuzz-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
