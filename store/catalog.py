@@ -102,6 +102,9 @@ class Media(Base):
     segments: Mapped[list[TranscriptSegment]] = relationship(
         back_populates="media", cascade="all, delete-orphan", order_by="TranscriptSegment.segment_index"
     )
+    chapters: Mapped[list[Chapter]] = relationship(
+        back_populates="media", cascade="all, delete-orphan", order_by="Chapter.chapter_index"
+    )
 
 
 class Clip(Base):
@@ -139,6 +142,57 @@ class TranscriptSegment(Base):
     no_speech_prob: Mapped[float | None] = mapped_column(Float)
 
     media: Mapped[Media] = relationship(back_populates="segments")
+
+
+class Chapter(Base):
+    __tablename__ = "chapters"
+    __table_args__ = (UniqueConstraint("media_id", "chapter_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    media_id: Mapped[int] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), index=True)
+    chapter_index: Mapped[int] = mapped_column(Integer)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    # The computed title, and the one a person gave it: the edit wins and outlives recomputation.
+    title: Mapped[str] = mapped_column(Text)
+    user_title: Mapped[str | None] = mapped_column(Text)
+    keywords: Mapped[list[str] | None] = mapped_column(JSON)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    # The summary's transcript sentences with their times: [[start, end, text], ...].
+    sentences: Mapped[list[list[Any]] | None] = mapped_column(JSON)
+    # What the text was made from: speech, screen (concept tags) or none.
+    source: Mapped[str] = mapped_column(String(16), default="none")
+    # The clip whose thumbnail stands for the chapter.
+    thumb_clip: Mapped[int | None] = mapped_column(Integer)
+    speech_share: Mapped[float] = mapped_column(Float, default=0.0)
+    # How strongly the boundary at `start` was found, overall and per signal.
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    signals: Mapped[dict[str, float] | None] = mapped_column(JSON)
+
+    media: Mapped[Media] = relationship(back_populates="chapters")
+
+    @property
+    def display_title(self) -> str:
+        return self.user_title or self.title
+
+
+class FileSummary(Base):
+    """One file's summary; ``version`` names the chapter settings and models that made it."""
+
+    __tablename__ = "summaries"
+
+    media_id: Mapped[int] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    sentences: Mapped[list[list[Any]] | None] = mapped_column(JSON)
+    # [{"start", "end", "kind": "central" | "unusual", "text"}, ...]
+    highlights: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # [[concept, share of the file's video clips], ...]
+    concepts: Mapped[list[list[Any]] | None] = mapped_column(JSON)
+    keywords: Mapped[list[str] | None] = mapped_column(JSON)
+    speech_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    speech_share: Mapped[float] = mapped_column(Float, default=0.0)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Job(Base):
