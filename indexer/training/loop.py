@@ -18,7 +18,7 @@ from indexer.jobs import JobReporter
 from indexer.training import state as run_state
 from indexer.training.batches import Corpus, cbt_batch, videobert_batch
 from indexer.training.data import TRAIN, DataOptions, prepare
-from indexer.training.metrics import concept_baseline, evaluate, recommend
+from indexer.training.metrics import concept_baseline, evaluate, left_off, recommend
 from indexer.training.registry import KINDS, assign_visual_tokens, check_device, register, resolve_device
 from store.catalog import Catalog, JobState, utcnow
 from store.features import FeatureStore
@@ -415,6 +415,7 @@ def _register(run: _Run, catalog: Catalog, store: FeatureStore, models_root: Pat
     })
     rec = recommend(metrics["heldout"], o.activate)
     metrics["recommended"] = rec
+    metrics["left_off"] = left_off(metrics["heldout"], o.activate)  # why, for `vidx train` and `vidx models`
     versions = {kind: register(catalog, models_root, kind, run.run_dir.name, run.run_dir / f"{kind}.pt", metrics)
                 for kind in KINDS}
     run_state.write_json(run.run_dir / "metrics.json", metrics)

@@ -14,6 +14,59 @@ from store.features import FeatureStore
 
 Report = Callable[[float, str], None]  # (fraction of the evaluation done, detail)
 
+# -- how large a held-out set must be to mean anything ----------------------------------------------
+# A held-out number may decide an activation only when its standard error is at most ~0.1, so that the
+# gaps the rule acts on (0.2 and more between a model and its baseline) are two standard errors.
+# * A share of n trials (a masked-token accuracy, an R@1): SE = sqrt(p(1-p)/n) <= 0.5/sqrt(n), so
+#   n >= 25. An 18-file library printed "visual MLM acc 1.000" on a handful of masked tokens: with
+#   n = 5 the SE is up to 0.22 and 1.000 is as likely luck as learning.
+# * R@1 among k candidates: k = 1 is 1.0 by construction and k = 2 or 3 is half or a third by chance;
+#   from 4 up a hit says something, so groups smaller than that are not scored, and the n of an R@1
+#   is its queries in groups of at least 4.
+# * Masked visual tokens of one sequence are near copies (a shot is one token repeated), so tokens
+#   from fewer than 4 held-out sequences are fewer independent trials than they look.
+# * An AUC with P aligned and N misaligned pairs has SE sqrt((P+N+1)/(12PN)) at chance (Hanley and
+#   McNeil 1982): <= 0.1 from 18 of each. The dev library's 26 held-out pairs give 0.115, and its
+#   AUC went 0.758 -> 0.497 from a changed block assignment alone (BENCHMARKS.md, Training).
+MIN_TRIALS = 25
+MIN_CANDIDATES = 4
+MIN_SEQUENCES = 4
+MAX_AUC_SE = 0.1
+# Which sample each metric stands on (a key of judge()'s sizes).
+_SAMPLE = {"visual_mlm_acc": "visual", "visual_mlm_baseline_acc": "visual", "text_mlm_acc": "text",
+           "align_auc": "align", "cbt_v2t_r1": "retrieval", "cbt_t2v_r1": "retrieval", "conse_v2t_r1": "retrieval",
+           "conse_t2v_r1": "retrieval", "align_t2v_r1": "retrieval", "cbt_r1": "retrieval"}
+
+
+def _count(heldout: dict[str, Any], key: str) -> int:
+    v = heldout.get(key)
+    return int(v) if isinstance(v, (int, float)) and v == v else 0
+
+
+def auc_standard_error(positives: int, negatives: int) -> float | None:
+    """The standard error of an AUC of 0.5 over these many pairs of each class (Hanley-McNeil); None without both."""
+    if positives < 1 or negatives < 1:
+        return None
+    return float(np.sqrt((positives + negatives + 1) / (12.0 * positives * negatives)))
+
+
+def judge(heldout: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per held-out metric, the size of the sample it was measured on (``n``) and whether that is enough to act
+    on (``judgeable``, by the minimums above). A size the dict does not record counts as 0: a metric of
+    unknown size is not judgeable."""
+    se = auc_standard_error(_count(heldout, "align_positives"), _count(heldout, "align_negatives"))
+    sizes = {
+        "visual": (_count(heldout, "visual_masked_distinct"),
+                   _count(heldout, "visual_masked_distinct") >= MIN_TRIALS
+                   and _count(heldout, "visual_sequences") >= MIN_SEQUENCES),
+        "text": (_count(heldout, "text_masked_distinct"), _count(heldout, "text_masked_distinct") >= MIN_TRIALS),
+        "align": (_count(heldout, "align_positives") + _count(heldout, "align_negatives"),
+                  se is not None and se <= MAX_AUC_SE),
+        "retrieval": (_count(heldout, "retrieval_queries"), _count(heldout, "retrieval_queries") >= MIN_TRIALS),
+    }
+    return {k: {"n": sizes[s][0], "judgeable": bool(sizes[s][1] and heldout.get(k) is not None)}
+            for k, s in _SAMPLE.items()}
+
 
 def auc(scores: Sequence[float], labels: Sequence[float]) -> float | None:
     """ROC AUC by the rank-sum formula (ties count half); None without both classes."""
@@ -31,8 +84,9 @@ def r1(sim: np.ndarray) -> float:
     return float(np.mean([(sim[i] > diag[i]).sum() == 0 and (sim[i] == diag[i]).sum() == 1 for i in range(len(sim))]))
 
 
-def distinct_groups(pairs: Sequence[Pair], size: int, rng: np.random.Generator) -> list[list[Pair]]:
-    """Pairs in groups of up to ``size`` with distinct texts (in-batch negatives must differ), deterministic."""
+def distinct_groups(pairs: Sequence[Pair], size: int, rng: np.random.Generator, min_size: int = 2) -> list[list[Pair]]:
+    """Pairs in groups of up to ``size`` with distinct texts (in-batch negatives must differ), deterministic;
+    a last group smaller than ``min_size`` is dropped."""
     order = rng.permutation(len(pairs)).tolist()
     groups: list[list[Pair]] = []
     current: list[Pair] = []
@@ -46,7 +100,7 @@ def distinct_groups(pairs: Sequence[Pair], size: int, rng: np.random.Generator) 
         if len(current) == size:
             groups.append(current)
             current, seen = [], set()
-    if len(current) >= 2:
+    if len(current) >= max(min_size, 2):
         groups.append(current)
     return groups
 
@@ -69,22 +123,29 @@ def masked_token_accuracy(vb: Any, corpus: Corpus, most_frequent_token: int, gen
     seqs = [s for s in data.sequences if s.split == HELDOUT]
     texts = [p for p in data.texts if p.split == HELDOUT] + [p for p in data.pairs if p.split == HELDOUT]
     vis_hit = vis_base = vis_n = txt_hit = txt_n = 0
+    # (batch, row, position) masked at least once: the five maskings repeat positions, so these, not
+    # vis_n / txt_n, are the number of trials the accuracies stand on.
+    vis_seen: set[tuple[int, int, int]] = set()
+    txt_seen: set[tuple[int, int, int]] = set()
     mft = c.visual_offset + most_frequent_token
     batches = [([None] * len(seqs[i:i + 64]), [corpus.visual(s) for s in seqs[i:i + 64]]) for i in range(0, len(seqs), 64)]
     batches += [([corpus.text_ids[p.text] for p in texts[i:i + 64]], [None] * len(texts[i:i + 64]))
                 for i in range(0, len(texts), 64)]
     with torch.no_grad():
         # Five maskings of the same held-out rows: a small library masks only a few dozen tokens per pass.
-        for rows_t, rows_v in batches * 5:
+        for k, (rows_t, rows_v) in enumerate(batches * 5):
             masked, labels = mask_tokens(build_inputs(rows_t, rows_v, c, device=device), c, gen)
             hidden = vb(masked["input_ids"], masked["token_type_ids"], masked["attention_mask"])
             vis = labels >= c.visual_offset
+            txt = (labels >= 0) & (labels < c.text_vocab_size)
+            b = k % len(batches)
+            vis_seen.update((b, r, q) for r, q in vis.nonzero().cpu().tolist())
+            txt_seen.update((b, r, q) for r, q in txt.nonzero().cpu().tolist())
             if int(vis.sum()):
                 pred = vb.visual_logits(hidden[vis]).argmax(-1) + c.visual_offset
                 vis_hit += int((pred == labels[vis]).sum())
                 vis_base += int((labels[vis] == mft).sum())
                 vis_n += int(vis.sum())
-            txt = (labels >= 0) & (labels < c.text_vocab_size)
             if int(txt.sum()):
                 txt_hit += int((vb.text_logits(hidden[txt]).argmax(-1) == labels[txt]).sum())
                 txt_n += int(txt.sum())
@@ -92,8 +153,12 @@ def masked_token_accuracy(vb: Any, corpus: Corpus, most_frequent_token: int, gen
         "visual_mlm_acc": round(vis_hit / vis_n, 4) if vis_n else None,
         "visual_mlm_baseline_acc": round(vis_base / vis_n, 4) if vis_n else None,
         "visual_masked": vis_n,
+        "visual_masked_distinct": len(vis_seen),
+        "visual_sequences": len(seqs),
         "text_mlm_acc": round(txt_hit / txt_n, 4) if txt_n else None,
         "text_masked": txt_n,
+        "text_masked_distinct": len(txt_seen),
+        "text_examples": len(texts),
     }
 
 
@@ -102,13 +167,16 @@ def alignment_auc(vb: Any, corpus: Corpus, pairs: Sequence[Pair], gen: Any) -> d
     from models.videobert import align_scores
     from models.videobert_inputs import shuffle_negatives
 
-    value = None
+    value, labels = None, []
     if pairs:
         t_ids, v_ids, labels = shuffle_negatives([corpus.text_ids[p.text] for p in pairs],
                                                  [corpus.visual(p) for p in pairs], gen, 0.5,
                                                  groups=[corpus.unit(p) for p in pairs])
         value = auc(align_scores(vb, t_ids, v_ids).tolist(), labels)
-    return {"align_auc": value, "pairs": len(pairs), "speech_pairs": sum(1 for p in pairs if not p.weak)}
+    # Negatives need a donor from another split unit: a library with one held-out unit has none.
+    positives = int(sum(1 for y in labels if y == 1))
+    return {"align_auc": value, "pairs": len(pairs), "speech_pairs": sum(1 for p in pairs if not p.weak),
+            "align_positives": positives, "align_negatives": len(labels) - positives}
 
 
 def retrieval_r1(vb: Any, cbt: Any, corpus: Corpus, groups: Sequence[Sequence[Pair]],
@@ -143,6 +211,7 @@ def retrieval_r1(vb: Any, cbt: Any, corpus: Corpus, groups: Sequence[Sequence[Pa
                            for k, v in found.items()}
     out["retrieval_groups"] = len(groups)
     out["retrieval_candidates"] = int(max(sizes)) if sizes else 0
+    out["retrieval_queries"] = int(sum(sizes))
     return out
 
 
@@ -173,10 +242,11 @@ def evaluate(vb: Any, cbt: Any, corpus: Corpus, most_frequent_token: int, conse:
     pairs = [p for p in corpus.data.pairs if p.split == HELDOUT]
     h.update(alignment_auc(vb, corpus, pairs, gen))
     report(0.5, "retrieval")
-    groups = distinct_groups(pairs, 16, np.random.default_rng([seed, 3]))
+    groups = distinct_groups(pairs, 16, np.random.default_rng([seed, 3]), min_size=MIN_CANDIDATES)
     h.update(retrieval_r1(vb, cbt, corpus, groups, conse, device))
     # The number the issue asks for: CBT's R@1 of the aligned sentence among in-batch candidates.
     h["cbt_r1"] = h["cbt_v2t_r1"]
+    h["samples"] = judge(h)
     report(1.0, "")
     return h
 
@@ -187,18 +257,49 @@ def recommend(heldout: dict[str, Any], mode: str) -> dict[str, bool]:
     auto: CBT when its held-out retrieval R@1 (mean of both directions) beats the concept-tag vectors'
     on the same candidates; VideoBERT's rerank when its alignment AUC is above chance and its
     text->video R@1 beats that of the visual vectors that will be live (CBT's if switched on, else
-    the concept tags'). always / never: as named.
+    the concept tags'). Every metric the rule compares must be judgeable (:func:`judge`): a held-out
+    set too small to mean anything switches nothing on. always / never: as named (a person's choice,
+    whatever the held-out sizes).
     """
     if mode in ("always", "never"):
         return {k: mode == "always" for k in KINDS}
+    ok = judge(heldout)
 
     def mean(*keys: str) -> float | None:
         vals = [heldout.get(k) for k in keys]
-        return None if any(v is None for v in vals) else float(np.mean(vals))
+        if any(v is None or not ok[k]["judgeable"] for k, v in zip(keys, vals)):
+            return None
+        return float(np.mean(vals))
 
     cbt_r1, conse_r1 = mean("cbt_v2t_r1", "cbt_t2v_r1"), mean("conse_v2t_r1", "conse_t2v_r1")
     cbt_on = cbt_r1 is not None and conse_r1 is not None and cbt_r1 > conse_r1
-    live_t2v = heldout.get("cbt_t2v_r1") if cbt_on else heldout.get("conse_t2v_r1")
-    align_auc, align = heldout.get("align_auc"), heldout.get("align_t2v_r1")
+    live_t2v = mean("cbt_t2v_r1") if cbt_on else mean("conse_t2v_r1")
+    align_auc, align = mean("align_auc"), mean("align_t2v_r1")
     vb_on = align_auc is not None and align_auc > 0.5 and align is not None and live_t2v is not None and align > live_t2v
     return {"cbt": bool(cbt_on), "videobert": bool(vb_on)}
+
+
+# What each kind's part of the rule compares (every one must be judgeable).
+_RULE_METRICS = {"cbt": ("cbt_v2t_r1", "cbt_t2v_r1", "conse_v2t_r1", "conse_t2v_r1"),
+                 "videobert": ("align_auc", "align_t2v_r1", "conse_t2v_r1")}
+
+
+def too_small(n: int) -> str:
+    """What a held-out number too small to judge is shown as."""
+    return f"held-out too small to judge ({n})"
+
+
+def left_off(heldout: dict[str, Any], mode: str) -> dict[str, str]:
+    """Why each model the rule leaves off is left off: ``--activate never``, a held-out set too small to
+    judge (with its size), or a loss to the baseline."""
+    rec = recommend(heldout, mode)
+    if mode == "never":
+        return {k: "--activate never" for k in KINDS}
+    ok = judge(heldout)
+    out: dict[str, str] = {}
+    for kind in KINDS:
+        if rec.get(kind):
+            continue
+        small = next((k for k in _RULE_METRICS[kind] if not ok[k]["judgeable"]), None)
+        out[kind] = too_small(ok[small]["n"]) if small else "did not beat its baseline on held-out data"
+    return out

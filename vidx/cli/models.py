@@ -67,15 +67,7 @@ def train(
     console.print(f"{'resumed and finished' if result.resumed else 'trained'} {result.run} in {result.seconds:.0f}s "
                   f"(job {result.job_id}); model versions {', '.join(f'{k} {v}' for k, v in result.versions.items())}")
 
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    console.print(
-        f"held-out: visual MLM acc {fmt(h['visual_mlm_acc'])} (most-frequent token {fmt(h['visual_mlm_baseline_acc'])}), "
-        f"text MLM acc {fmt(h['text_mlm_acc'])}, alignment AUC {fmt(h['align_auc'])}, "
-        f"R@1 CBT {fmt(h['cbt_v2t_r1'])}/{fmt(h['cbt_t2v_r1'])} vs concept tags {fmt(h['conse_v2t_r1'])}/{fmt(h['conse_t2v_r1'])} "
-        f"(video->text/text->video), alignment text->video {fmt(h['align_t2v_r1'])}"
-    )
+    console.print(heldout_line(h))
     from store.vectors import IndexLockedError
 
     switch = {kind: result.versions[kind] for kind, on in result.recommended.items() if on}
@@ -90,13 +82,41 @@ def train(
         else:
             console.print(f"activated {', '.join(switch)}; search index rebuilt ({report.upserted_points} clips)")
     if len(switch) + len(pending) < len(result.recommended):
-        off = [k for k, on in result.recommended.items() if not on]
-        console.print(f"left off: {', '.join(off)} (did not beat the baseline on held-out data, or --activate never); "
-                      f"`vidx models activate {result.run}` switches them on anyway")
+        from indexer.training.metrics import left_off
+
+        why = result.metrics.get("left_off") or left_off(h, options.activate)
+        off = [f"{k} ({why.get(k, 'not recommended')})" for k, on in result.recommended.items() if not on]
+        console.print(f"left off: {escape(', '.join(off))}; `vidx models activate {result.run}` switches them on anyway")
     if as_json:
         typer.echo(json.dumps({"run": result.run, "job_id": result.job_id, "versions": result.versions,
                                "activated": sorted(switch), "activation_pending": pending,
                                "metrics": result.metrics}, indent=2))
+
+
+def heldout_line(h: dict[str, Any]) -> str:
+    """The held-out metrics in one line, each with the size of its sample; one measured on too few to mean
+    anything is shown as "held-out too small to judge (N)" instead of its number."""
+    from indexer.training.metrics import judge, too_small
+
+    ok = judge(h)
+
+    def fmt(key: str) -> str:
+        v = h.get(key)
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    def part(key: str, label: str, shown: str) -> str:
+        return f"{label} {shown}" if ok[key]["judgeable"] else f"{label}: {too_small(ok[key]['n'])}"
+
+    n = {k: ok[k]["n"] for k in ("visual_mlm_acc", "text_mlm_acc", "align_auc", "cbt_v2t_r1")}
+    return "held-out: " + ", ".join([
+        part("visual_mlm_acc", "visual MLM acc", f"{fmt('visual_mlm_acc')} (most-frequent token "
+             f"{fmt('visual_mlm_baseline_acc')}; {n['visual_mlm_acc']} masked tokens)"),
+        part("text_mlm_acc", "text MLM acc", f"{fmt('text_mlm_acc')} ({n['text_mlm_acc']} masked tokens)"),
+        part("align_auc", "alignment AUC", f"{fmt('align_auc')} ({n['align_auc']} pairs)"),
+        part("cbt_v2t_r1", "R@1", f"CBT {fmt('cbt_v2t_r1')}/{fmt('cbt_t2v_r1')} vs concept tags {fmt('conse_v2t_r1')}/"
+             f"{fmt('conse_t2v_r1')} (video->text/text->video; {n['cbt_v2t_r1']} queries), alignment text->video "
+             f"{fmt('align_t2v_r1')}"),
+    ])
 
 
 models_app = typer.Typer(help="Trained model versions: list them, activate one, deactivate.", invoke_without_command=True)
