@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select, text
@@ -19,6 +19,9 @@ from store.catalog import Catalog, Media, MediaStatus, utcnow
 from store.features import FeatureStore
 from store.lexical import LexicalIndex
 from store.vectors import IndexLockedError, Point, VectorIndex, point_id
+
+if TYPE_CHECKING:
+    from indexer.summaries import Summarizer, SummaryReport
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class SyncReport:
     lexical_documents: int = 0
     seconds: float = 0.0
     errors: dict[int, str] = field(default_factory=dict)
+    summaries: SummaryReport | None = None
 
 
 def _words(segments: Sequence[Any]) -> list[tuple[float, float, str]]:
@@ -110,8 +114,12 @@ def sync_index(
     *,
     full: bool = False,
     progress: Callable[[str, float], None] | None = None,
+    summarizer: Summarizer | None = None,
 ) -> SyncReport:
     """Bring the search index in line with the catalog; ``full`` re-embeds and rewrites every file.
+
+    With a ``summarizer``, files whose chapters and summary are missing or out of date get them
+    too, from the features just synced (after the index is flushed: search never waits for them).
 
     Only one process may run this per index (the FAISS files and Qdrant's local mode have one
     owner): it runs under ``sync_lock`` (the `vidx.sync` task, `vidx ingest`, `search`, `reindex`), while
@@ -153,6 +161,10 @@ def sync_index(
     # Marked only now that the points are on disk: a sync that dies before its flush leaves these
     # files unsynced in the catalog, and the next sync redoes them (upserts are idempotent).
     queries.mark_synced(catalog, synced, embedder.version, utcnow())
+    if summarizer is not None:
+        from indexer.summaries import summarize_stale
+
+        report.summaries = summarize_stale(catalog, store, summarizer, progress=progress)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -231,7 +231,10 @@ def _sync_task(task: Task) -> int:
     config: QueueConfig = task.app.vidx_config  # type: ignore[attr-defined]
     ctx = _context(config)
     embedder = ctx.resources.embedder()
-    if not queries.count_stale(ctx.catalog, embedder.version):
+    summarizer = ctx.resources.summarizer()
+    if not queries.count_stale(ctx.catalog, embedder.version) and not queries.stale_summary_ids(
+        ctx.catalog, summarizer.version
+    ):
         return 0
     try:
         with sync_lock(ctx.catalog) as got:
@@ -239,7 +242,8 @@ def _sync_task(task: Task) -> int:
                 # Another sync runs: it may have read the stale list before our file, so come back.
                 _retry(task, 0, 0, 5.0)
             with ctx.resources.vectors() as vectors:
-                report = sync_index(ctx.catalog, ctx.resources.store, vectors, ctx.resources.lexical, embedder)
+                report = sync_index(ctx.catalog, ctx.resources.store, vectors, ctx.resources.lexical, embedder,
+                                    summarizer=summarizer)
     except IndexLockedError:
         _retry(task, 0, 0, 5.0)
     except TRANSIENT as e:

@@ -17,6 +17,8 @@ from store.features import FeatureStore
 from store.lexical import LexicalIndex
 
 if TYPE_CHECKING:
+    from indexer.summaries import Summarizer, SummaryOptions
+    from indexer.surprise import SurpriseModel
     from indexer.training.registry import ModelRecord
     from store.vectors import VectorIndex
 
@@ -67,6 +69,8 @@ class Deployment:
     qdrant_api_key: str | None = None
     # Where a trained model (CBT's visual vectors, VideoBERT's rerank) runs: auto, cpu or cuda.
     model_device: str = "cpu"
+    # How chapters and summaries are made (indexer.summaries.SummaryOptions); None: its defaults.
+    summary: SummaryOptions | None = None
 
     @property
     def layout(self) -> Layout:
@@ -83,6 +87,7 @@ class Resources:
         self._prepare_catalog = prepare_catalog
         self._embedder: Embedder | None = None
         self._embedder_model: int | None = None
+        self._surprise: tuple[int, SurpriseModel] | None = None
         self._lock = threading.Lock()
 
     @cached_property
@@ -132,6 +137,44 @@ class Resources:
                 base = self._embedder or Embedder(self.deployment.embed)
                 self._embedder, self._embedder_model = base.with_visual(visual), model_id
             return self._embedder
+
+    def surprise_record(self) -> ModelRecord | None:
+        """The VideoBERT whose next-clip surprise marks chapter boundaries: the active one, else the newest trained.
+
+        Surprise needs only what VideoBERT learned of temporal structure, not a rerank that beats
+        its baseline, so a model the activation rule kept off still serves here.
+        """
+        from indexer.training.registry import list_versions
+
+        active = self.active_models().get("videobert")
+        if active is not None:
+            return active
+        trained = [r for r in list_versions(self.catalog, self.layout.models) if r.kind == "videobert"]
+        return trained[-1] if trained else None
+
+    def summarizer(self) -> Summarizer:
+        """Chapters and summaries with this deployment's options and VideoBERT's surprise (see surprise_record).
+
+        Looked up at every call like the embedder, so training or activating a VideoBERT anywhere
+        changes the summaries' version and the next sync recomputes them. The text encoder is the embedder's.
+        """
+        from indexer.summaries import Summarizer, SummaryOptions
+
+        record = self.surprise_record()
+        surprise = None
+        if record is not None:
+            from indexer.surprise import SurpriseModel
+            from indexer.training.registry import missing_files
+
+            if missing_files(record) is not None:
+                logger.warning("chapters without VideoBERT's surprise: %s", missing_files(record))
+            else:
+                with self._lock:
+                    if self._surprise is None or self._surprise[0] != record.id:
+                        device = self.deployment.model_device if self.deployment.model_device != "auto" else "cpu"
+                        self._surprise = (record.id, SurpriseModel(record.path, record.vocab_path, device=device))
+                    surprise = self._surprise[1]
+        return Summarizer(self.deployment.summary or SummaryOptions(), lambda: self.embedder().encoder, surprise)
 
     def use_embedder(self, embedder: Embedder, model_id: int | None) -> None:
         """Adopt an embedder built for a model switch (its CBT vectors are already computed)."""

@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_, select
 
 from search.fusion import Candidate, ClipKey, reciprocal_rank, weighted_sum
 from search.moments import MomentSpan, merge_moments
+from search.summaries import chapter_title_at
 from store import queries
 from store.catalog import Catalog, Clip, Media, MediaStatus, TranscriptSegment
 from store.features import FeatureStore
@@ -78,6 +79,7 @@ class Moment(BaseModel):
     clips: list[int] = Field(default_factory=list, description="Clip indices the moment spans.")
     best_clip: int | None = Field(default=None, description="The clip that scored best (its thumbnail is `thumbnail`).")
     concepts: list[str] = Field(default_factory=list, description="Top concept tags of the best clip.")
+    chapter: str | None = Field(default=None, description="Title of the chapter the moment falls in (None before chapters exist).")
 
 
 def clean_query(text: str) -> str:
@@ -268,6 +270,7 @@ class SearchEngine:
             return []
         terms = {w.lower() for w in _WORD.findall(query) if len(w) > 2}
         media, clips, by_media = self._moment_rows(spans)
+        titles = queries.chapter_titles(self.catalog, media)
         moments = []
         for span in spans:
             first, last = clips.get((span.media_id, span.first_clip)), clips.get((span.media_id, span.last_clip))
@@ -311,6 +314,7 @@ class SearchEngine:
                     clips=sorted(span.clip_scores),
                     best_clip=span.best_clip,
                     concepts=[str(c[0]) for c in (best.concepts or [])[:3]] if best is not None else [],
+                    chapter=chapter_title_at(titles.get(span.media_id, []), start, end),
                 )
             )
         return moments

@@ -242,7 +242,8 @@ def caption_cues(segments: Segments, options: CaptionOptions = CaptionOptions())
     for i in order:
         seg = segments[i]
         speaker = _one_line(seg.get("speaker")) or None
-        reserved = len(speaker) + 2 if speaker else 0  # "Name: " before the first line in SRT
+        # "Name: " goes before the first line in SRT; a long name may take at most half of it.
+        reserved = min(len(speaker) + 2, options.line_chars // 2) if speaker else 0
         for run in _cut(_words(seg, i), options, reserved):
             lines = _wrap([w.text for w in run], options, reserved) or (" ".join(w.text for w in run),)
             start, end = round(run[0].start * 1000), round(run[-1].end * 1000)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -168,6 +169,8 @@ class Chapter(Base):
     # How strongly the boundary at `start` was found, overall and per signal.
     score: Mapped[float] = mapped_column(Float, default=0.0)
     signals: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    # The chapter's embedding (float16 bytes, MiniLM space): the library overview clusters these.
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     media: Mapped[Media] = relationship(back_populates="chapters")
 

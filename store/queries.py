@@ -1,4 +1,4 @@
-"""Catalog queries shared by the CLI, the search layer and the queue: stale media, media references, ls and show rows."""
+"""Catalog queries shared by the CLI, the search layer and the queue: stale media, media references, ls and show rows, chapters."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, false, func, or_, select, update
 from sqlalchemy.orm import selectinload
 
-from store.catalog import Catalog, Clip, Media, MediaStatus
+from store.catalog import Catalog, Chapter, Clip, FileSummary, Media, MediaStatus, TranscriptSegment
 
 
 # -- what the search index lacks -------------------------------------------------------------------
@@ -272,3 +272,194 @@ def delete_media(catalog: Catalog, media_id: int) -> str | None:
         session.flush()
         shared = key is not None and session.scalar(select(func.count()).select_from(Media).where(Media.content_hash == key))
     return key if key and not shared else None
+
+
+# -- chapters and summaries ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChapterRecord:
+    """One computed chapter as the summary step writes it (``vector``: float16 bytes of its embedding)."""
+
+    start: float
+    end: float
+    title: str
+    keywords: list[str]
+    summary: str
+    sentences: list[list[Any]]
+    source: str
+    thumb_clip: int | None
+    speech_share: float
+    score: float
+    signals: dict[str, float]
+    vector: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SummaryRecord:
+    """One file's computed summary."""
+
+    summary: str
+    sentences: list[list[Any]]
+    highlights: list[dict[str, Any]]
+    concepts: list[list[Any]]
+    keywords: list[str]
+    speech_seconds: float
+    speech_share: float
+
+
+def summary_stale_clause(version: str) -> ColumnElement[bool]:
+    """Indexed media whose summary is missing, made by another ``version``, or older than the file's rows."""
+    made = (
+        select(FileSummary.media_id)
+        .where(FileSummary.version == version, FileSummary.computed_at >= Media.indexed_at)
+        .correlate(Media)
+    )
+    return (Media.status == MediaStatus.INDEXED) & ~Media.id.in_(made.scalar_subquery())
+
+
+def stale_summary_ids(catalog: Catalog, version: str, media_ids: Iterable[int] | None = None) -> list[int]:
+    """Indexed files (of ``media_ids`` if given) whose chapters and summary ``version`` would change, in id order."""
+    query = select(Media.id).where(summary_stale_clause(version)).order_by(Media.id)
+    if media_ids is not None:
+        query = query.where(Media.id.in_(list(media_ids)))
+    with catalog.session() as session:
+        return list(session.scalars(query))
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def write_summary(
+    catalog: Catalog,
+    media_id: int,
+    indexed_at: datetime | None,
+    version: str,
+    chapters: Sequence[ChapterRecord],
+    summary: SummaryRecord,
+    now: datetime,
+) -> bool:
+    """Replace one file's chapters and summary in one transaction; False if it was re-indexed meanwhile.
+
+    A title a person gave an old chapter moves to the new chapter that overlaps it most, if that
+    overlap is at least half of the shorter of the two: recomputation never loses an edit that
+    still has a place to go.
+    """
+    with catalog.session() as session:
+        media = session.get(Media, media_id, with_for_update=True)
+        if media is None or media.status != MediaStatus.INDEXED or media.indexed_at != indexed_at:
+            return False
+        old = session.scalars(select(Chapter).where(Chapter.media_id == media_id)).all()
+        edits = [((c.start, c.end), c.user_title) for c in old if c.user_title]
+        session.execute(delete(Chapter).where(Chapter.media_id == media_id))
+        session.flush()
+        rows = [
+            Chapter(
+                media_id=media_id, chapter_index=i, start=c.start, end=c.end, title=c.title, keywords=c.keywords,
+                summary=c.summary, sentences=c.sentences, source=c.source, thumb_clip=c.thumb_clip,
+                speech_share=c.speech_share, score=c.score, signals=c.signals, vector=c.vector,
+            )
+            for i, c in enumerate(chapters)
+        ]
+        for span, title in edits:
+            best = max(rows, key=lambda r: _overlap(span, (r.start, r.end)), default=None)
+            if best is None:
+                continue
+            shorter = min(span[1] - span[0], best.end - best.start)
+            if shorter > 0 and _overlap(span, (best.start, best.end)) >= 0.5 * shorter:
+                best.user_title = title
+        session.add_all(rows)
+        existing = session.get(FileSummary, media_id)
+        row = existing or FileSummary(media_id=media_id)
+        row.version = version
+        row.summary, row.sentences, row.highlights = summary.summary, summary.sentences, summary.highlights
+        row.concepts, row.keywords = summary.concepts, summary.keywords
+        row.speech_seconds, row.speech_share = summary.speech_seconds, summary.speech_share
+        row.computed_at = now
+        if existing is None:
+            session.add(row)
+    return True
+
+
+def chapters_of(catalog: Catalog, media_id: int) -> list[Chapter]:
+    """One file's chapters in time order (detached rows)."""
+    with catalog.session() as session:
+        return list(session.scalars(select(Chapter).where(Chapter.media_id == media_id).order_by(Chapter.chapter_index)))
+
+
+def summary_of(catalog: Catalog, media_id: int) -> FileSummary | None:
+    with catalog.session() as session:
+        return session.get(FileSummary, media_id)
+
+
+def set_chapter_title(catalog: Catalog, media_id: int, chapter_index: int, title: str | None) -> Chapter:
+    """A person's title for one chapter (kept through recomputation); None or blank goes back to the computed one."""
+    clean = " ".join((title or "").split())
+    if len(clean) > 200:
+        raise ValueError(f"expected a chapter title of at most 200 characters, got {len(clean)}")
+    with catalog.session() as session:
+        chapter = session.scalar(
+            select(Chapter).where(Chapter.media_id == media_id, Chapter.chapter_index == chapter_index)
+        )
+        if chapter is None:
+            count = session.scalar(select(func.count()).select_from(Chapter).where(Chapter.media_id == media_id)) or 0
+            raise ValueError(f"expected a chapter number from 1 to {count}, got {chapter_index + 1}" if count
+                             else f"media {media_id} has no chapters yet (run `vidx chapters --recompute`)")
+        chapter.user_title = clean or None
+        return chapter
+
+
+def chapter_titles(catalog: Catalog, media_ids: Iterable[int]) -> dict[int, list[tuple[float, float, str]]]:
+    """Per file, its chapters' (start, end, title) in time order: what search results name."""
+    out: dict[int, list[tuple[float, float, str]]] = {}
+    ids = list(set(media_ids))
+    if not ids:
+        return out
+    with catalog.session() as session:
+        rows = session.execute(
+            select(Chapter.media_id, Chapter.start, Chapter.end, Chapter.title, Chapter.user_title)
+            .where(Chapter.media_id.in_(ids)).order_by(Chapter.media_id, Chapter.chapter_index)
+        )
+        for media_id, start, end, title, user_title in rows:
+            out.setdefault(media_id, []).append((start, end, user_title or title))
+    return out
+
+
+@dataclass
+class LibraryFile:
+    """One indexed file as the library overview sees it."""
+
+    id: int
+    path: str
+    duration: float
+    language: str | None
+    speech_seconds: float
+    chapters: list[Chapter]
+
+
+def library_files(catalog: Catalog) -> list[LibraryFile]:
+    """Every indexed file with its chapters (and their vectors) and its speech time, by path."""
+    with catalog.session() as session:
+        media = session.scalars(
+            select(Media).where(Media.status == MediaStatus.INDEXED).options(selectinload(Media.chapters))
+            .order_by(Media.path)
+        ).all()
+        speech = dict(session.execute(select(FileSummary.media_id, FileSummary.speech_seconds)).all())
+        return [
+            LibraryFile(id=m.id, path=m.path, duration=float(m.duration or 0.0), language=m.language,
+                        speech_seconds=float(speech.get(m.id, 0.0)), chapters=list(m.chapters))
+            for m in media
+        ]
+
+
+def transcript_of(catalog: Catalog, media_id: int) -> list[dict[str, Any]]:
+    """One file's transcript segments with their word times, in order (what captions are made from)."""
+    with catalog.session() as session:
+        return [
+            {"start": s.start, "end": s.end, "text": s.text, "words": s.words}
+            for s in session.scalars(
+                select(TranscriptSegment).where(TranscriptSegment.media_id == media_id)
+                .order_by(TranscriptSegment.segment_index)
+            )
+        ]

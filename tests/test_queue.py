@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 import migrations
 from conftest import _postgres_url, espeak, run_ffmpeg
 from indexer.jobs import begin_stage, create_jobs, end_stage, list_jobs
-from store.catalog import Catalog, Clip, Job, JobState, Media, MediaStatus, TranscriptSegment, utcnow
+from store.catalog import Catalog, Clip, FileSummary, Job, JobState, Media, MediaStatus, TranscriptSegment, utcnow
 
 REDIS_URL = os.environ.get("VIDX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("VIDX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -232,7 +232,20 @@ def test_queued_batch_matches_embedded_ingest(
     # The workers' single-writer sync put every clip in the search index, as `vidx ingest` would.
     with deployment.catalog.session() as s:
         assert all(m.synced_version for m in s.scalars(select(Media).where(Media.status == MediaStatus.INDEXED)))
-    embedded.sync()
+    # ... and gave each indexed file its chapters and summary (from stored features, after the index).
+    deadline = time.monotonic() + 120
+    while True:
+        with deployment.catalog.session() as s:
+            indexed = s.scalars(select(Media).where(Media.status == MediaStatus.INDEXED)).all()
+            chaptered = {m.path for m in indexed if m.chapters}
+            summaries = s.scalar(select(func.count()).select_from(FileSummary))
+        if (len(chaptered) == len(indexed) and summaries == len(indexed)) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert indexed and len(chaptered) == len(indexed) == summaries, deployment.logs()
+    embedded.sync(summarize=True)
+    with embedded.catalog.session() as s:
+        assert {m.path for m in s.scalars(select(Media)) if m.chapters} == chaptered
     from indexer.embed import VECTOR_DIMS
     from store.vectors import open_index
 

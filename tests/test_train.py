@@ -124,7 +124,8 @@ def test_auc_and_r1() -> None:
 
 
 def test_activation_rule() -> None:
-    base = {"conse_v2t_r1": 0.5, "conse_t2v_r1": 0.5, "align_auc": 0.7}
+    sizes = {"align_positives": 20, "align_negatives": 20, "retrieval_queries": 40}  # enough to judge
+    base = {"conse_v2t_r1": 0.5, "conse_t2v_r1": 0.5, "align_auc": 0.7, **sizes}
     assert recommend({**base, "cbt_v2t_r1": 0.6, "cbt_t2v_r1": 0.6, "align_t2v_r1": 0.7}, "auto") == {"cbt": True, "videobert": True}
     # CBT loses, so the rerank is compared with the concept tags that stay live.
     assert recommend({**base, "cbt_v2t_r1": 0.4, "cbt_t2v_r1": 0.5, "align_t2v_r1": 0.55}, "auto") == {"cbt": False, "videobert": True}

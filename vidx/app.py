@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from vidx.settings import Settings
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from indexer.summaries import Summarizer, SummaryOptions, SummaryReport
     from indexer.sync import SyncReport
     from indexer.training.loop import TrainOptions
     from indexer.training.registry import ModelRecord
@@ -30,6 +31,27 @@ if TYPE_CHECKING:
     from models.onnx_text_encoder import QueryEncoder
     from search.engine import SearchEngine, SearchOptions
     from store.vectors import VectorIndex
+
+
+def summary_options(s: Settings) -> SummaryOptions:
+    """Chapter settings over the measured defaults: a setting left unset keeps its default."""
+    from indexer.chapters import ChapterOptions
+    from indexer.summaries import SummaryOptions
+
+    changes: dict[str, object] = {}
+    if s.chapter_min_seconds is not None:
+        changes["min_seconds"] = s.chapter_min_seconds
+    if s.chapter_max_seconds is not None:
+        changes["max_seconds"] = s.chapter_max_seconds
+    if s.chapter_signals is not None:
+        changes["signals"] = tuple(dict.fromkeys(x.strip() for x in s.chapter_signals.split(",")))
+    base = ChapterOptions()
+    # One length given alone moves the other default out of its way (Settings checks a pair given together).
+    if s.chapter_min_seconds is not None and s.chapter_max_seconds is None:
+        changes["max_seconds"] = max(base.max_seconds, s.chapter_min_seconds)
+    if s.chapter_max_seconds is not None and s.chapter_min_seconds is None:
+        changes["min_seconds"] = min(base.min_seconds, s.chapter_max_seconds)
+    return SummaryOptions(chapters=replace(base, **changes))  # type: ignore[arg-type]
 
 
 def deployment(s: Settings) -> Deployment:
@@ -58,6 +80,7 @@ def deployment(s: Settings) -> Deployment:
         qdrant_url=s.qdrant_url,
         qdrant_api_key=s.qdrant_api_key,
         model_device=s.train_device,
+        summary=summary_options(s),
     )
 
 
@@ -116,16 +139,29 @@ class App:
             max_tasks_per_child=s.worker_max_tasks_per_child,
         )
 
-    def sync(self, *, full: bool = False, progress=None, wait: float = 300.0) -> SyncReport:  # type: ignore[no-untyped-def]
-        """Run the single-writer index sync for this data directory.
+    def sync(self, *, full: bool = False, progress=None, wait: float = 300.0, summarize: bool = False) -> SyncReport:  # type: ignore[no-untyped-def]
+        """Run the single-writer index sync for this data directory (``summarize``: chapters and summaries too).
 
         On PostgreSQL it takes the cluster-wide sync lock the workers' syncs take, waiting up to
         ``wait`` seconds for a running one (then ``SyncBusyError``, an ``IndexLockedError``).
+        A search's own sync leaves the summaries to ingest: they need the torch text encoder.
         """
         from indexer.sync import exclusive_sync, sync_index
 
+        summarizer = self.summarizer() if summarize else None
         with exclusive_sync(self.catalog, wait=wait), self.vectors() as vectors:
-            return sync_index(self.catalog, self.store, vectors, self.lexical, self.embedder, full=full, progress=progress)
+            return sync_index(self.catalog, self.store, vectors, self.lexical, self.embedder, full=full,
+                              progress=progress, summarizer=summarizer)
+
+    def summarizer(self) -> Summarizer:
+        return self.resources.summarizer()
+
+    def summarize(self, media_ids=None, *, force: bool = False, progress=None) -> SummaryReport:  # type: ignore[no-untyped-def]
+        """Chapters and summaries for files whose stored ones are missing or out of date (``force``: all of them)."""
+        from indexer.summaries import summarize_stale
+
+        return summarize_stale(self.catalog, self.store, self.summarizer(), media_ids=media_ids, force=force,
+                               progress=progress)
 
     def search_options(self, **overrides) -> SearchOptions:  # type: ignore[no-untyped-def]
         from search.engine import SearchOptions
@@ -222,6 +258,8 @@ class App:
                              lambda visual: self.embedder.with_visual(visual), device=self.settings.train_device,
                              progress=progress)
         self.resources.use_embedder(done.embedder, done.active.get("cbt"))
+        # A VideoBERT switched on or off changes the chapters' surprise signal: recompute from stored features.
+        done.report.summaries = self.summarize(progress=progress)
         return done.report
 
     def describe(self, media: str, at: float, **options) -> Description:  # type: ignore[no-untyped-def]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     rerank_depth: int = Field(default=20, ge=1, le=1000)
     rerank_weight: float = Field(default=1.0, ge=0, le=100)
 
+    # Chapters and summaries (indexer/summaries.py): unset means the measured defaults of ChapterOptions
+    # (BENCHMARKS.md); chapter_signals is a comma list of topic, visual, audio, surprise.
+    chapter_min_seconds: Optional[float] = Field(default=None, gt=0, le=3600)
+    chapter_max_seconds: Optional[float] = Field(default=None, gt=0, le=24 * 3600)
+    chapter_signals: Optional[str] = Field(default=None, pattern=r"^\s*(topic|visual|audio|surprise)(\s*,\s*(topic|visual|audio|surprise))*\s*$")
+
     # The distributed mode: a Celery broker (redis://... or amqp://...) turns on `ingest --queue` and `worker`.
     broker_url: str | None = None
     # Queue names are PREFIX.ingest and PREFIX.sync, so deployments (and tests) can share one broker.
@@ -82,6 +88,13 @@ class Settings(BaseSettings):
     library_roots: str = ""
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _chapter_lengths(self) -> Settings:
+        lo, hi = self.chapter_min_seconds, self.chapter_max_seconds
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"expected chapter_min_seconds <= chapter_max_seconds, got {lo} > {hi}")
+        return self
 
     def resolved_library_roots(self) -> list[Path]:
         """The library roots, each with symlinks and `..` resolved (what ingest paths are checked against)."""

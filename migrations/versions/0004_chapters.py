@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("speech_share", sa.Float(), nullable=False),
         sa.Column("score", sa.Float(), nullable=False),
         sa.Column("signals", sa.JSON(), nullable=True),
+        sa.Column("vector", sa.LargeBinary(), nullable=True),
         sa.ForeignKeyConstraint(["media_id"], ["media.id"], name=op.f("fk_chapters_media_id_media"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_chapters")),
         sa.UniqueConstraint("media_id", "chapter_index", name=op.f("uq_chapters_media_id")),

@@ -1,4 +1,4 @@
-"""The `vidx` command line: ingest and the queue (ingest, worker, jobs), the library (search, reindex, eval, ls, show), models (train, models, describe), and `serve`.
+"""The `vidx` command line: ingest and the queue (ingest, worker, jobs), the library (search, reindex, eval, ls, show), summaries (chapters, summarize, export), models (train, models, describe), and `serve`.
 
 Commands import what they need when they run, so `vidx --help`, `ls`, `show` and `jobs` load no model library.
 """
@@ -11,7 +11,7 @@ import os
 # others (measured: 2.3x slower encoding beside ffmpeg). Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from vidx.cli import ingest, library, models, serve  # noqa: E402,F401 - each registers its commands on `app`
+from vidx.cli import ingest, library, models, serve, summaries  # noqa: E402,F401 - each registers its commands on `app`
 from vidx.cli.common import app  # noqa: E402
 
 __all__ = ["app", "main"]

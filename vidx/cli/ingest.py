@@ -64,12 +64,15 @@ def ingest_files(
                     "timings": {k: round(v, 3) for k, v in result.timings.items()},
                 }))
         sync_task = progress.add_task("  search index", total=1.0)
-        report = vapp.sync(progress=lambda stage, f: progress.update(sync_task, completed=f, description=f"  search index [dim]{stage}[/dim]"))
+        report = vapp.sync(summarize=True,
+                           progress=lambda stage, f: progress.update(sync_task, completed=f, description=f"  search index [dim]{stage}[/dim]"))
         progress.update(sync_task, completed=1.0)
         if counts.get("indexed"):
             vapp.prepare_search()  # the ONNX export happens now, while torch is loaded, not at the first search
     for media_id, error in report.errors.items():
         console.print(f"[yellow]index sync skipped media {media_id}:[/yellow] {escape(error)}")
+    for media_id, error in (report.summaries.errors if report.summaries else {}).items():
+        console.print(f"[yellow]no chapters for media {media_id}:[/yellow] {escape(error)}")
     if not quiet:
         _print_summary(len(files), counts, failed, duplicates)
     return counts

@@ -75,7 +75,8 @@ def search(
         why = " ".join(f"{k} {v:.2f}" for k, v in m.scores.items())
         table.add_row(
             str(rank), f"{m.score:.4f}", escape(m.media_path), f"{fmt_time(m.start)}-{fmt_time(m.end)}",
-            why, snippet or f"[dim]{escape(', '.join(m.concepts)) or '(no speech)'}[/dim]",
+            why, (f"[cyan]{escape(m.chapter)}[/cyan]\n" if m.chapter else "")
+            + (snippet or f"[dim]{escape(', '.join(m.concepts)) or '(no speech)'}[/dim]"),
         )
     out.print(table)
 

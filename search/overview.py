@@ -1,0 +1,147 @@
+"""The library overview: totals, and topics found by clustering every chapter's embedding, each named by its keyphrases."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel
+
+from store import queries
+from store.catalog import Catalog
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OverviewOptions:
+    max_topics: int = 12
+    # About this many chapters per topic, before max_topics caps the count: a topic of two
+    # chapters says little, one of a thousand says nothing.
+    chapters_per_topic: float = 8.0
+    moments_per_topic: int = 5
+    name_words: int = 3
+    iterations: int = 30
+    seed: int = 0
+
+
+class TopicMoment(BaseModel):
+    media_id: int
+    media_path: str
+    start: float
+    end: float
+    title: str
+
+
+class TopicMedia(BaseModel):
+    media_id: int
+    media_path: str
+    chapters: int
+
+
+class Topic(BaseModel):
+    name: str
+    keywords: list[str]
+    chapters: int
+    media: list[TopicMedia]
+    moments: list[TopicMoment]
+
+
+class Overview(BaseModel):
+    """What the whole library holds: totals, and its topics with the files and moments in each."""
+
+    files: int
+    hours: float
+    speech_hours: float
+    languages: dict[str, int]
+    unsummarized: int
+    topics: list[Topic]
+
+
+def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Spherical k-means (cosine) with k-means++ seeding; returns each row's cluster."""
+    centres = [x[int(rng.integers(len(x)))]]
+    for _ in range(1, k):
+        dist = np.clip(1.0 - (x @ np.stack(centres).T).max(1), 0.0, None)
+        total = float(dist.sum())
+        centres.append(x[int(rng.choice(len(x), p=dist / total))] if total > 0 else x[int(rng.integers(len(x)))])
+    c = np.stack(centres)
+    labels = np.zeros(len(x), int)
+    for _ in range(iterations):
+        new = np.argmax(x @ c.T, axis=1)
+        if np.array_equal(new, labels) and _ > 0:
+            break
+        labels = new
+        for j in range(k):
+            members = x[labels == j]
+            if len(members):
+                m = members.sum(0)
+                c[j] = m / max(float(np.linalg.norm(m)), 1e-9)
+    return labels
+
+
+def library_overview(catalog: Catalog, options: OverviewOptions = OverviewOptions()) -> Overview:
+    """Totals over indexed files and the topics of their chapters (files without chapters yet are counted apart)."""
+    files = queries.library_files(catalog)
+    languages = Counter(f.language for f in files if f.language)
+    rows: list[tuple[int, int]] = []  # (file position, chapter position)
+    vectors: list[np.ndarray] = []
+    for fi, f in enumerate(files):
+        for ci, chapter in enumerate(f.chapters):
+            if chapter.vector:
+                v = np.frombuffer(chapter.vector, dtype=np.float16).astype(np.float32)
+                norm = float(np.linalg.norm(v))
+                if norm > 0:
+                    rows.append((fi, ci))
+                    vectors.append(v / norm)
+    topics: list[Topic] = []
+    if vectors:
+        x = np.stack(vectors)
+        k = max(1, min(options.max_topics, len(x), math.ceil(len(x) / options.chapters_per_topic)))
+        labels = _kmeans(x, k, options.iterations, np.random.default_rng(options.seed))
+        for j in range(k):
+            members = np.flatnonzero(labels == j)
+            if len(members):
+                topics.append(_topic(files, rows, x, members, options))
+        topics.sort(key=lambda t: (-t.chapters, t.name))
+    return Overview(
+        files=len(files), hours=round(sum(f.duration for f in files) / 3600, 4),
+        speech_hours=round(sum(f.speech_seconds for f in files) / 3600, 4),
+        languages=dict(languages.most_common()), unsummarized=sum(1 for f in files if not f.chapters),
+        topics=topics,
+    )
+
+
+def _topic(files: list[queries.LibraryFile], rows: list[tuple[int, int]], x: np.ndarray, members: np.ndarray,
+           options: OverviewOptions) -> Topic:
+    centre = x[members].mean(0)
+    centre /= max(float(np.linalg.norm(centre)), 1e-9)
+    closeness = x[members] @ centre
+    order = members[np.argsort(-closeness)]
+    # A keyword names the topic by how many of its chapters carry it, weighted by how typical each chapter is.
+    weight: Counter[str] = Counter()
+    shown: dict[str, str] = {}
+    for row, sim in zip(members, closeness):
+        fi, ci = rows[row]
+        for word in files[fi].chapters[ci].keywords or []:
+            key = word.lower()
+            weight[key] += float(max(sim, 0.0))
+            shown.setdefault(key, word)
+    keywords = [shown[w] for w, _ in weight.most_common(8)]
+    name_words = [w for w in keywords if not any(w.lower() in o.lower() and w != o for o in keywords)][: options.name_words]
+    per_media: Counter[int] = Counter(rows[r][0] for r in members)
+    moments = []
+    for row in order[: options.moments_per_topic]:
+        fi, ci = rows[row]
+        chapter = files[fi].chapters[ci]
+        moments.append(TopicMoment(media_id=files[fi].id, media_path=files[fi].path, start=chapter.start,
+                                   end=chapter.end, title=chapter.display_title))
+    return Topic(
+        name=", ".join(name_words) if name_words else "Untitled",
+        keywords=keywords, chapters=len(members),
+        media=[TopicMedia(media_id=files[fi].id, media_path=files[fi].path, chapters=n) for fi, n in per_media.most_common()],
+        moments=moments,
+    )
