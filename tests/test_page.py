@@ -1,4 +1,4 @@
-"""The web page of `vidx serve` in headless Chromium (Selenium): search, play the moment, library, jobs; screenshots."""
+"""The web page of `vidx serve` in headless Chromium (Selenium): search, play the moment, chapters, summary, overview, library, jobs; screenshots."""
 
 from __future__ import annotations
 
@@ -443,3 +443,165 @@ def test_samples_play_in_the_page(browser: Any, tmp_path_factory: pytest.TempPat
         _single_column(browser)
         shots(browser, "samples-phone")
         assert not _page_errors(browser), _page_errors(browser)
+
+
+# ---------- chapters, summary, overview ----------
+
+
+@pytest.fixture(scope="module")
+def chapter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`vidx serve` (with a token) over the two-topic video and the README samples; chapters as ingest computed them."""
+    from test_api_summaries import two_topic_video
+
+    root = tmp_path_factory.mktemp("chapter-library")
+    data = tmp_path_factory.mktemp("chapter-data")
+    video, join = two_topic_video(root)
+    _ingest(data, video, REPO / "samples")
+    env = {"VIDX_API_TOKEN": TOKEN, "VIDX_LIBRARY_ROOTS": str(root)}
+    with serve(data, tmp_path_factory.mktemp("serve") / "serve.log", **env) as base:
+        media = _api(base, "/api/v1/media")["items"]
+        vid = next(m["id"] for m in media if m["name"] == "two_topics.mp4")
+        chapters = _api(base, f"/api/v1/media/{vid}/chapters")
+        assert len(chapters) >= 2, f"ingest left the two-topic video with {len(chapters)} chapters"
+        yield {"base": base, "id": vid, "join": join, "chapters": chapters}
+
+
+def _api(base: str, path: str) -> Any:
+    import json
+
+    request = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _chapter_rows(driver: Any) -> list[Any]:
+    return [r for r in _all(driver, "#chapters li.chapter") if r.is_displayed()]
+
+
+def _current_chapter(driver: Any) -> int | None:
+    found = _all(driver, "#chapters li.chapter.current")
+    return int(found[0].get_attribute("data-index")) if found else None
+
+
+def test_the_watch_view_shows_chapters_and_the_summary(browser: Any, chapter_server: dict[str, Any],
+                                                       shots: Callable[[Any, str], Path]) -> None:
+    base, chapters = chapter_server["base"], chapter_server["chapters"]
+    _login(browser, base)
+    cards = _search(browser, "locomotive carriages platform")
+    hit = _api(base, f"/api/v1/search?{urllib.parse.urlencode({'q': 'locomotive carriages platform'})}")["results"][0]
+    assert hit["chapter"] in {c["title"] for c in chapters}
+    line = cards[0].find_element("css selector", ".chapter-line")
+    assert line.get_attribute("textContent") == f"Chapter: {hit['chapter']}", "the result card does not name its chapter"
+    start = _moment_start(cards[0].get_attribute("href"))
+    cards[0].click()
+    _playing(browser)
+
+    # The list beside the player, the markers on the timeline, and the WebVTT chapters track the browser parsed.
+    _wait(browser, lambda d: len(_chapter_rows(d)) == len(chapters), message="the chapter list is not shown")
+    titles = [r.find_element("css selector", ".ch-title").text for r in _chapter_rows(browser)]
+    assert [t.removesuffix("edited").strip() for t in titles] == [c["title"] for c in chapters]
+    assert len(_all(browser, "#tl-chapters .tl-chapter")) == len(chapters)
+    cues = _wait(browser, lambda d: d.execute_script(
+        "const t = document.querySelector('#player').textTracks[0];"
+        "return t && t.kind === 'chapters' && t.cues && t.cues.length ? [...t.cues].map(c => [c.startTime, c.text]) : null;"),
+        message="the chapters track did not load")
+    assert [round(c[0]) for c in cues] == [round(c["start"]) for c in chapters]
+    inside = max(c["index"] for c in chapters if c["start"] <= start + 0.5)
+    _wait(browser, lambda d: _current_chapter(d) == inside, message=f"chapter {inside} is not highlighted at {start}s")
+    assert f"Chapter {inside} of {len(chapters)}" in _css(browser, "#watch-chapter").text
+    assert _css(browser, f"#tl-chapters .tl-chapter[data-index='{inside}']").get_attribute("class").endswith("current")
+
+    # Clicking a chapter seeks to its start, and it becomes the current one.
+    _chapter_rows(browser)[0].find_element("css selector", ".ch-seek").click()
+    _wait(browser, lambda d: d.execute_script(PLAYER)["t"] < 1.5, timeout=10, message="clicking chapter 1 did not seek")
+    _wait(browser, lambda d: _current_chapter(d) == 1, message="chapter 1 is not highlighted after seeking to it")
+
+    # The file's summary: transcript sentences, highlights that seek, what is on screen, the share of speech.
+    summary = _api(base, f"/api/v1/media/{chapter_server['id']}/summary")
+    block = _wait(browser, _visible("#summary-block"), message="no summary on the media page")
+    sentences = [s.text for s in _all(browser, "#summary-block .sum-sentence .sum-words")]
+    assert sentences == [s["text"] for s in summary["sentences"]]
+    assert f"{round(summary['speech_share'] * 100)}%" in block.text
+    assert len(_all(browser, "#summary-block .tag")) >= len(summary["concepts"])
+    # Highlights in time order: the last one is far from chapter 1's start.
+    far = max(summary["highlights"], key=lambda h: h["start"])
+    assert far["start"] > 3.0
+    highlights = _all(browser, "#summary-block .hl")
+    assert len(highlights) == len(summary["highlights"]) and far["text"] in highlights[-1].text
+    highlights[-1].click()
+    _wait(browser, lambda d: abs(d.execute_script(PLAYER)["t"] - far["start"]) < 1.5, timeout=10,
+          message="clicking a highlight did not seek")
+    browser.execute_script("document.querySelector('#player').pause()")
+    assert not _page_errors(browser), _page_errors(browser)
+
+
+def test_a_chapter_title_edited_on_the_page_survives_a_reload(browser: Any, chapter_server: dict[str, Any],
+                                                              shots: Callable[[Any, str], Path]) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    base, vid, chapters = chapter_server["base"], chapter_server["id"], chapter_server["chapters"]
+    _login(browser, base)
+    browser.get(f"{base}/#/watch/{vid}?t=0")
+    _wait(browser, lambda d: len(_chapter_rows(d)) == len(chapters), message="the chapter list is not shown")
+    _chapter_rows(browser)[0].find_element("css selector", ".ch-rename").click()
+    box = _wait(browser, _visible("#chapters .ch-input"), message="the pencil opened no title field")
+    assert browser.switch_to.active_element == box
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("Growing tomatoes", Keys.ENTER)
+    _wait(browser, lambda d: "Growing tomatoes" in _chapter_rows(d)[0].text, message="the new title is not shown")
+    assert "edited" in _chapter_rows(browser)[0].text
+    assert browser.switch_to.active_element.get_attribute("class").endswith("ch-rename"), "focus is lost after saving"
+    assert _api(base, f"/api/v1/media/{vid}/chapters")[0]["title"] == "Growing tomatoes"
+    # Escape leaves the title as it was.
+    _chapter_rows(browser)[1].find_element("css selector", ".ch-rename").click()
+    _wait(browser, _visible("#chapters .ch-input")).send_keys("never saved", Keys.ESCAPE)
+    _wait(browser, lambda d: not _all(d, "#chapters .ch-input"), message="Escape did not close the title field")
+    assert chapters[1]["title"] in _chapter_rows(browser)[1].text
+
+    browser.refresh()
+    _playing(browser)
+    _wait(browser, lambda d: len(_chapter_rows(d)) == len(chapters))
+    assert "Growing tomatoes" in _chapter_rows(browser)[0].text, "the edited title did not survive a reload"
+    _wait(browser, _visible("#summary-block"))
+    browser.execute_script("const p = document.querySelector('#player'); p.pause(); p.currentTime = 0.5;")
+    _wait(browser, lambda d: _current_chapter(d) == 1)
+    ActionChains(browser).move_to_element(_css(browser, "#watch-title")).perform()
+    _viewport(browser, 1280, 1080)  # the summary under the player in the picture too
+    time.sleep(0.4)
+    shots(browser, "chapters")
+    _viewport(browser, 1280, 800)
+
+    # "Use computed" gives the computed title back.
+    _chapter_rows(browser)[0].find_element("css selector", ".ch-rename").click()
+    _wait(browser, _visible("#chapters .ch-edit")).find_element("xpath", ".//button[text()='Use computed']").click()
+    _wait(browser, lambda d: chapters[0]["title"] in _chapter_rows(d)[0].text, message="the computed title did not come back")
+    assert not _api(base, f"/api/v1/media/{vid}/chapters")[0]["edited"]
+    assert not _page_errors(browser), _page_errors(browser)
+
+
+def test_the_overview_page_lists_topics_whose_moments_open_the_player(browser: Any, chapter_server: dict[str, Any],
+                                                                     shots: Callable[[Any, str], Path]) -> None:
+    base = chapter_server["base"]
+    overview = _api(base, "/api/v1/library/overview")
+    _login(browser, base)
+    _css(browser, ".nav a[data-route='overview']").click()
+    _wait(browser, lambda d: len(_all(d, "#topics .topic")) == len(overview["topics"]) > 0, message="the overview lists no topics")
+    assert _css(browser, ".nav a[data-route='overview']").get_attribute("aria-current") == "page"
+    totals = _css(browser, "#overview-totals").text.lower().split("\n")
+    assert totals[:2] == ["files", str(overview["files"])] and "speech" in totals
+    first = overview["topics"][0]
+    card = _all(browser, "#topics .topic")[0]
+    assert first["name"] in card.text and all(k in card.text for k in first["keywords"][:3])
+    links = card.find_elements("css selector", ".moment")
+    assert [link.find_element("css selector", ".m-title").text for link in links] == [m["title"] for m in first["moments"]]
+    browser.execute_script("window.scrollTo(0, 0)")
+    shots(browser, "overview")
+
+    moment = first["moments"][-1]
+    links[-1].click()
+    state = _playing(browser)
+    offset = 0.0 if "/clip?" in state["src"] else moment["start"]
+    assert abs(state["t"] - offset) < 1.0, f"the moment at {moment['start']}s plays from {state['t']}s"
+    assert "#/watch/" in browser.current_url
+    assert not _page_errors(browser), _page_errors(browser)

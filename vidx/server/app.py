@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vidx.app import App
-from vidx.server import routes_jobs, routes_media, routes_ops, routes_search
+from vidx.server import routes_jobs, routes_media, routes_ops, routes_search, routes_summaries
 from vidx.server.deps import Metrics, ServerState
 from vidx.server.ingest_runner import IngestRunner
 from vidx.settings import Settings
@@ -149,7 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     api.add_middleware(SecurityHeaders)
 
-    for module in (routes_search, routes_media, routes_jobs, routes_ops):
+    for module in (routes_search, routes_media, routes_summaries, routes_jobs, routes_ops):
         api.include_router(module.router)
 
     if STATIC.is_dir():

@@ -1,4 +1,4 @@
-"""Response models of the API: the search engine's Moment plus URLs, media, jobs, errors."""
+"""Response models of the API: the search engine's Moment plus URLs, media, jobs, chapters and summaries, errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from search.engine import Moment
+from search.overview import Overview, Topic, TopicMoment
+from search.summaries import FileSummaryOut, TimedText
 
 
 class Error(BaseModel):
@@ -125,3 +127,52 @@ class SessionState(BaseModel):
 
 class SessionRequest(BaseModel):
     token: str = Field(min_length=1, max_length=4096)
+
+
+# -- chapters, summaries, the library overview (issue 11) ------------------------------------------
+
+
+class ChapterItem(BaseModel):
+    """One chapter as `vidx chapters --json` prints it, with a URL for its picture (never a server path)."""
+
+    index: int = Field(description="1-based, as people count chapters: PATCH .../chapters/{index} renames it.")
+    start: float
+    end: float
+    title: str = Field(description="What to show: the title a person gave it, else the computed one.")
+    keywords: list[str]
+    summary: str = Field(description="Transcript sentences of the chapter, verbatim (empty without speech).")
+    sentences: list[TimedText] = Field(description="The summary's sentences with their times.")
+    source: str = Field(description="What the text was made from: speech, screen (concept tags) or none.")
+    edited: bool = Field(description="Whether a person gave the title (kept through recomputation).")
+    computed_title: str
+    thumb_clip: int | None
+    thumbnail_url: str | None
+    speech_share: float
+    score: float = Field(description="How strongly the boundary at start was found (0 for the first chapter).")
+    signals: dict[str, float]
+
+
+class ChapterTitle(BaseModel):
+    title: str | None = Field(max_length=200, description="Your title; null or empty restores the computed one.")
+
+
+class MediaSummaryOut(FileSummaryOut):
+    """One file's summary: a few sentences, its chapters, highlights, main concepts and share of speech."""
+
+    name: str
+    chapters: list[ChapterItem]  # type: ignore[assignment]
+
+
+class OverviewMoment(TopicMoment):
+    media_name: str
+    page_url: str = Field(description="The web page at this moment.")
+
+
+class OverviewTopic(Topic):
+    moments: list[OverviewMoment]  # type: ignore[assignment]
+
+
+class LibraryOverview(Overview):
+    """What the whole library holds: totals, and topics (clustered chapters) with their files and moments."""
+
+    topics: list[OverviewTopic]  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 import { $, API, api, current, fail, nav, onUnauthorized, showError, showView } from "./dom.js";
 import { bindManage, renderJobs, renderLibrary } from "./manage.js";
+import { renderOverview } from "./overview.js";
 import { bindSearch, renderSearch } from "./search.js";
 import { renderWatch } from "./watch.js";
 
@@ -34,6 +35,7 @@ async function route() {
     let cleanup = null;
     if (watch) cleanup = await renderWatch(seq, decodeURIComponent(watch[1]), params);
     else if (path === "/library") await renderLibrary(seq);
+    else if (path === "/overview") await renderOverview(seq);
     else if (path === "/jobs") cleanup = await renderJobs(seq);
     else await renderSearch(seq, params);
     if (current(seq)) leave = cleanup;

@@ -9,7 +9,7 @@ export const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 export const nav = { seq: 0 };
 export const current = (seq) => seq === nav.seq;
 
-const VIEWS = ["login", "search", "watch", "library", "jobs"];
+const VIEWS = ["login", "search", "watch", "library", "overview", "jobs"];
 
 export function showView(name) {
   for (const v of VIEWS) $(`#view-${v}`).hidden = v !== name;

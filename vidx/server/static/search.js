@@ -149,6 +149,8 @@ function resultCard(hit, index) {
       el("span", { class: "time", text: span(hit.start, hit.end) })),
     el("div", { class: "card-body" },
       el("h3", { class: "name", text: name, title: hit.media_path || name }),
+      hit.chapter ? el("p", { class: "chapter-line", title: `Chapter: ${hit.chapter}` },
+        el("span", { class: "sr-only", text: "Chapter: " }), hit.chapter) : null,
       snippet,
       chips));
   return el("li", { "data-rank": index + 1 }, link);

@@ -1,6 +1,7 @@
-// The watch view: the player at the moment, the moment on a timeline, the transcript following playback, clip tags.
+// The watch view: the player at the moment, the moment and the chapters on a timeline, the transcript following playback, clip tags, the summary.
 
 import { $, API, api, baseName, clock, current, duration, el, highlight, queryWords, showError, showView, span } from "./dom.js";
+import { loadChapters, loadSummary, mountChapters, renderSummary } from "./chapters.js";
 import { findHit } from "./search.js";
 
 // A moment clip (".../clip?start=S&end=E") starts at S in media time; the original file at 0.
@@ -102,7 +103,9 @@ function mountTimeline(player, total, t, e, seek, mediaTime) {
   const pct = (x) => `${total ? Math.max(0, Math.min(100, (x / total) * 100)) : 0}%`;
   $("#tl-moment").style.left = pct(t);
   $("#tl-moment").style.width = pct(e - t);
-  $("#tl-span").textContent = `Moment ${span(t, e)}`;
+  // A page opened at a time (a chapter, the library) has no moment to show, only the play head.
+  $("#tl-moment").hidden = !(e > t);
+  $("#tl-span").textContent = e > t ? `Moment ${span(t, e)}` : "";
   $("#tl-dur").textContent = clock(total);
   timeline.setAttribute("aria-valuemax", String(Math.round(total)));
   const onClick = (ev) => {
@@ -181,13 +184,15 @@ export async function renderWatch(seq, id, params) {
   const e = Math.max(t, parseFloat(params.get("e")) || t);
   const q = params.get("q") || "";
   $("#stage").replaceChildren(el("div", { class: "stage-loading", text: "Loading…" }));
-  for (const sel of ["#transcript", "#tags"]) $(sel).replaceChildren();
+  for (const sel of ["#transcript", "#tags", "#chapters", "#summary-block"]) $(sel).replaceChildren();
+  $("#summary-block").hidden = true;
+  $("#chapters-block").hidden = true;
   $("#watch-title").textContent = "";
   $("#watch-meta").textContent = "";
   $("#watch-back").href = q ? `#/?${new URLSearchParams({ q })}` : "#/";
   $("#watch-back").textContent = q ? "← Results" : "← Search";
 
-  const media = await api(`${API}/media/${encodeURIComponent(id)}`);
+  const [media, chapters] = await Promise.all([api(`${API}/media/${encodeURIComponent(id)}`), loadChapters(id)]);
   if (!current(seq)) return null;
   const name = header(media, t, q);
   const hit = findHit(id, t, e);
@@ -223,20 +228,29 @@ export async function renderWatch(seq, id, params) {
 
   const bar = mountTimeline(player, total, t, e, seek, mediaTime);
   const follow = mountFollower(media, hit, t, e, q, seek);
+  // Chapter cues are in media time: a transcoded clip starts at 0, so only the original file gets the track.
+  const marks = mountChapters({ id, chapters, total, seek, player, withTrack: !clip });
   const paint = () => {
     const now = mediaTime();
     bar.update(now);
     follow.update(now);
+    marks.update(now);
   };
   for (const type of ["timeupdate", "seeked", "loadedmetadata"]) player.addEventListener(type, paint);
   paint();
 
   $("#replay").onclick = () => seek(t);
   $("#share").onclick = share;
+  if (chapters.length) {
+    loadSummary(id).then((summary) => {
+      if (summary && current(seq)) renderSummary(summary, seek);
+    });
+  }
 
   return () => {
     bar.cleanup();
     follow.cleanup();
+    marks.cleanup();
     player.pause();
     player.removeAttribute("src");
     player.load();
