@@ -1,9 +1,8 @@
-"""The library overview: totals, and topics found by clustering every chapter's embedding, each named by its keyphrases."""
+"""The library overview: totals, and topics found by clustering every chapter's embedding (average linkage), each named by its keyphrases."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -19,9 +18,13 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class OverviewOptions:
     max_topics: int = 12
-    # About this many chapters per topic, before max_topics caps the count: a topic of two
-    # chapters says little, one of a thousand says nothing.
-    chapters_per_topic: float = 8.0
+    # Two groups of chapters are one topic while their average cosine is at least this. MiniLM puts
+    # passages on one subject at about 0.4-0.7 and unrelated ones at 0.0-0.2; concept-tag chapters
+    # ("On screen: hare") sit nearer each other, so the line is drawn above both noise levels.
+    same_topic: float = 0.35
+    # Past this many chapters, k-means first groups them into this many (weighted) parts, and the
+    # average-linkage merging runs on those: it costs the cube of what it merges.
+    max_parts: int = 256
     moments_per_topic: int = 5
     name_words: int = 3
     iterations: int = 30
@@ -64,10 +67,12 @@ class Overview(BaseModel):
 def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
     """Spherical k-means (cosine) with k-means++ seeding; returns each row's cluster."""
     centres = [x[int(rng.integers(len(x)))]]
+    # Each row's distance to its nearest centre so far, updated with the newest centre only.
+    dist = np.clip(1.0 - x @ centres[0], 0.0, None)
     for _ in range(1, k):
-        dist = np.clip(1.0 - (x @ np.stack(centres).T).max(1), 0.0, None)
         total = float(dist.sum())
         centres.append(x[int(rng.choice(len(x), p=dist / total))] if total > 0 else x[int(rng.integers(len(x)))])
+        dist = np.minimum(dist, np.clip(1.0 - x @ centres[-1], 0.0, None))
     c = np.stack(centres)
     labels = np.zeros(len(x), int)
     for _ in range(iterations):
@@ -81,6 +86,46 @@ def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) ->
                 m = members.sum(0)
                 c[j] = m / max(float(np.linalg.norm(m)), 1e-9)
     return labels
+
+
+def _merge(x: np.ndarray, weights: np.ndarray, same_topic: float, max_topics: int) -> np.ndarray:
+    """Average-linkage agglomeration of unit rows: merge while the closest pair is a topic, or while too many remain."""
+    m = len(x)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    size = weights.astype(np.float64).copy()
+    alive = np.ones(m, bool)
+    group = np.arange(m)
+    while alive.sum() > 1:
+        flat = int(np.argmax(sim))
+        i, j = divmod(flat, m)
+        if sim[i, j] < same_topic and alive.sum() <= max_topics:
+            break
+        # Lance-Williams for average linkage: the merged group's similarity is the size-weighted mean.
+        merged = (size[i] * sim[i] + size[j] * sim[j]) / (size[i] + size[j])
+        sim[i], sim[:, i] = merged, merged
+        sim[i, i] = -np.inf
+        sim[j], sim[:, j] = -np.inf, -np.inf
+        size[i] += size[j]
+        alive[j] = False
+        group[group == j] = i
+    return group
+
+
+def _topics_of(x: np.ndarray, options: OverviewOptions) -> np.ndarray:
+    """Each chapter's topic label."""
+    if len(x) == 1:
+        return np.zeros(1, int)
+    if len(x) <= options.max_parts:
+        return _merge(x, np.ones(len(x)), options.same_topic, options.max_topics)
+    parts = _kmeans(x, options.max_parts, options.iterations, np.random.default_rng(options.seed))
+    used = np.unique(parts)
+    centres = np.stack([x[parts == p].mean(0) for p in used])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-9)
+    counts = np.asarray([(parts == p).sum() for p in used], float)
+    merged = _merge(centres, counts, options.same_topic, options.max_topics)
+    lookup = dict(zip(used.tolist(), merged.tolist()))
+    return np.asarray([lookup[p] for p in parts.tolist()])
 
 
 def library_overview(catalog: Catalog, options: OverviewOptions = OverviewOptions()) -> Overview:
@@ -100,12 +145,9 @@ def library_overview(catalog: Catalog, options: OverviewOptions = OverviewOption
     topics: list[Topic] = []
     if vectors:
         x = np.stack(vectors)
-        k = max(1, min(options.max_topics, len(x), math.ceil(len(x) / options.chapters_per_topic)))
-        labels = _kmeans(x, k, options.iterations, np.random.default_rng(options.seed))
-        for j in range(k):
-            members = np.flatnonzero(labels == j)
-            if len(members):
-                topics.append(_topic(files, rows, x, members, options))
+        labels = _topics_of(x, options)
+        for j in np.unique(labels):
+            topics.append(_topic(files, rows, x, np.flatnonzero(labels == j), options))
         topics.sort(key=lambda t: (-t.chapters, t.name))
     return Overview(
         files=len(files), hours=round(sum(f.duration for f in files) / 3600, 4),
