@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,12 +124,16 @@ def main() -> None:
         if (REPO.parent / "shared").is_dir():  # the earlier tree's benches look for ../shared/media beside it
             (tmp / "shared").symlink_to(REPO.parent / "shared")
         try:
-            data = tmp / "data"
-            subprocess.run([sys.executable, __file__, "--clips", str(args.clips), "--build-only", str(data)], check=True)
+            # Built by the earlier tree, then copied: this tree migrates its copy forward (a newer
+            # schema revision), and the earlier tree could not open a catalog it has never heard of.
+            data, data_after = tmp / "data", tmp / "data-after"
             base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            subprocess.run([sys.executable, str(before / "bench" / "startup.py"), "--clips", str(args.clips),
+                            "--build-only", str(data)], check=True, cwd=before, env=dict(base, PYTHONPATH=str(before)))
+            shutil.copytree(data, data_after)
             sides = {
                 "before": (before, dict(base, VIDX_DATA_DIR=str(data), PYTHONPATH=str(before))),
-                "after": (REPO, dict(base, VIDX_DATA_DIR=str(data), PYTHONPATH=str(REPO))),
+                "after": (REPO, dict(base, VIDX_DATA_DIR=str(data_after), PYTHONPATH=str(REPO))),
             }
             for tree, env in sides.values():  # warm the page cache and any one-time export, then measure
                 run_once(commands(sys.executable)["vidx search (cold)"], env, tree)
