@@ -1,10 +1,10 @@
-"""Chapter text: titles, keywords and summaries taken from a chapter's own transcript or on-screen tags, never invented."""
+"""Chapter text: titles, keywords and summaries from a chapter's own transcript or on-screen tags, never invented."""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,6 +15,28 @@ logger = logging.getLogger(__name__)
 
 class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class MemoEncoder:
+    """An encoder that encodes each distinct string once: the chapters of one file say many phrases again.
+
+    Wrap the encoder per file (or per batch of files): it keeps every vector it made until it is dropped.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self._seen: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of strings, not a single string")
+        missing = list(dict.fromkeys(t for t in texts if t not in self._seen))
+        if missing:
+            self._seen.update(zip(missing, np.asarray(self.encoder.encode(missing), np.float32)))
+        if not texts:
+            dim = next(iter(self._seen.values())).shape[0] if self._seen else 0
+            return np.zeros((0, dim), np.float32)
+        return np.stack([self._seen[t] for t in texts])
 
 
 @dataclass
@@ -35,9 +57,9 @@ class TextOptions:
     # MMR trade-off, relevance vs novelty: 0.6 keeps the most central first and still avoids near-repeats.
     mmr_lambda: float = 0.6
     keyword_lambda: float = 0.6
-    # Encoding candidates is the whole cost (~2 ms each on 2 cores): only this many per chapter reach the
+    # Encoding candidates is the whole cost (2-4 ms each on 2 shared cores): only this many per chapter reach the
     # encoder, picked by a free pre-score (frequency weighted by the centrality of the sentences they are in).
-    max_candidates: int = 24
+    max_candidates: int = 20
     max_ngram: int = 3
     # Sentences shorter than this ("Well, good luck with that.") are not used as a summary when longer ones exist.
     min_sentence_words: int = 4
@@ -78,23 +100,25 @@ TEMPLATE_WORDS = frozenset({"on", "screen", "no", "speech", "untitled"})
 
 # Compact English stop words plus the fillers of unscripted speech; a keyphrase may not start or end with one.
 STOP_WORDS = frozenset("""
-a about above after again against ago all almost along already also although always am among an and another any
-alright anybody anyone anything anyway are around as at away back be became because become been before began being below
-best better between both but by came can cannot could did do does doing done down during each either else enough
-etc even ever every everybody everyone everything far few for from further get gets getting give given go goes
-going gone good got great had has have having he her here hers herself him himself his how however i if in indeed
-instead into is it its itself just keep kind know known last least less let like likely little lot lots made make
-makes making many may maybe me mean means might mine more most mostly much must my myself need never new next no
-nobody none nor not nothing now of off often oh ok okay on once one ones only onto or other others otherwise our
-ours ourselves out over own per perhaps please put quite rather really right said same say says see seem seemed
-seems several shall she should since so some somebody someone something sometimes somewhat soon sort still such
-sure take taken tell than that the their theirs them themselves then there these they thing things think this
-those though thought through thus to together too took toward towards try two uh um under unless until up upon us
-use used using very via want wanted was way ways we well went were what whatever when where whether which while
-who whole whom whose why will with within without would yeah yes yet you your yours yourself yourselves
-eight eighteen eleven fifteen fifty five forty four hundred nine nineteen ninety seven seventy six sixteen sixty
-ten third thirteen thirty three thousand twelve twenty first second
-ah ask asked bye come comes coming er feel gonna gotta hello hey hi hmm hear heard huh kinda look looking looks mhm mm nope saying sorta talk talking thank thanks told wanna yep
+a about above actually after again against ago ah all almost along already alright also although always am among an
+and another any anybody anyone anything anyway are around as ask asked at away back basically be became because
+become been before began being below best better between both but by bye came can cannot certainly clearly come
+comes coming could definitely did do does doing done down during each eight eighteen either eleven else enough er
+especially etc even ever every everybody everyone everything exactly far feel few fifteen fifty first five for forty
+four from further generally get gets getting give given go goes going gone gonna good got gotta great had has have
+having he hear heard hello her here hers herself hey hi him himself his hmm how however huh hundred i if in indeed
+instead into is it its itself just keep kind kinda know known last least less let like likely literally little look
+looking looks lot lots made make makes making many may maybe me mean means mhm might mine mm more most mostly much
+must my myself need never new next nine nineteen ninety no nobody none nope nor not nothing now obviously of off
+often oh ok okay on once one ones only onto or other others otherwise our ours ourselves out over own per perhaps
+please pretty probably put quite rather really right said same say saying says second see seem seemed seems seven
+seventy several shall she should simply since six sixteen sixty so some somebody someone something sometimes
+somewhat soon sort sorta still such sure take taken talk talking tell ten than thank thanks that the their theirs
+them themselves then there these they thing things think third thirteen thirty this those though thought thousand
+three through thus to together told too took totally toward towards truly try twelve twenty two uh um under unless
+until up upon us use used using usually very via wanna want wanted was way ways we well went were what whatever when
+where whether which while who whole whom whose why will with within without would yeah yep yes yet you your yours
+yourself yourselves
 """.split())
 
 # Inside a three-word phrase these join its ends ("king of france", "salt and pepper"); other stop words break it.
@@ -108,11 +132,14 @@ _TITLE_SMALL = frozenset({"a", "an", "and", "as", "at", "by", "de", "for", "from
                           "with"})
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*$")
 # "Mr. Smith", "e.g. this": a full stop that does not end a sentence.
-_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "no", "fig",
-                            "mt", "approx", "dept", "inc", "ltd", "co", "u.s", "a.m", "p.m"})
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "fig", "mt",
+                            "approx", "dept", "inc", "ltd", "u.s", "a.m", "p.m"})
 _TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*(?:-[^\W_]+(?:['’][^\W_]+)*)*")
 _WORD = re.compile(r"[^\W_]+")
 _CONTRACTION = re.compile(r"^(.*?)['’](s|t|re|ve|ll|d|m)$")
+# An unpunctuated transcript still gets sentences: a segment end closes one after this pause or this many words.
+_PAUSE_S = 1.5
+_MAX_WORDS = 40
 
 
 # ---------------------------------------------------------------------------------------------------------- sentences
@@ -149,10 +176,6 @@ def split_sentences(segments: Sequence[tuple[float, float, str, list | None]]) -
                                 text=_sentence_text(pending, texts)))
             pending = []
     return out
-
-
-_PAUSE_S = 1.5
-_MAX_WORDS = 40
 
 
 @dataclass
@@ -224,7 +247,7 @@ def _ends_sentence(word: str, following: str | None) -> bool:
 # ---------------------------------------------------------------------------------------------------------- ranking
 
 def mmr(vectors: np.ndarray, query: np.ndarray, k: int, lam: float) -> list[int]:
-    """Maximal marginal relevance: up to k row indices, in pick order, each most like ``query`` and least like the picked."""
+    """Maximal marginal relevance: up to k row indices, in pick order, each like ``query`` and unlike those picked."""
     vectors = np.asarray(vectors, np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be (n, d), got shape {vectors.shape}")
@@ -235,7 +258,7 @@ def mmr(vectors: np.ndarray, query: np.ndarray, k: int, lam: float) -> list[int]
 
 
 def _mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float,
-         allowed: Any = None) -> list[int]:
+         allowed: Callable[[int, list[int]], bool] | None = None) -> list[int]:
     """MMR over given relevance scores; ``allowed(i, picked)`` may veto a row (it is then never picked)."""
     n = len(relevance)
     picked: list[int] = []
@@ -373,18 +396,27 @@ def _display(tokens: tuple[str, ...], proper: set[str]) -> str:
 
 
 _MIN_RELATIVE_RELEVANCE = 0.4
+_PART_MARGIN = 0.03
 
 
 def keyphrases(texts: Sequence[str], target: np.ndarray, encoder: Encoder, k: int, *,
-               text_vectors: np.ndarray | None = None, lam: float = 0.6, max_candidates: int = 24,
+               text_vectors: np.ndarray | None = None, lam: float = 0.6, max_candidates: int = 20,
                max_ngram: int = 3) -> list[str]:
-    """KeyBERT-style keyphrases of ``texts``: 1-3 word n-grams of the texts, ranked by cosine to ``target``, MMR-diverse.
+    """KeyBERT-style keyphrases: 1-3 word n-grams of ``texts``, ranked by cosine to ``target``, diversified by MMR.
 
     Each distinct candidate is encoded once in one batch; at most ``max_candidates`` are encoded, chosen by
     how often they (and their words) are said, each time weighted by how central its sentence is (with
     ``text_vectors``, the texts' unit vectors). No two chosen phrases share a word (singular and plural count as one).
     Words keep the case they were said in only when they are proper nouns (capitalised mid-sentence).
     """
+    return [phrase for phrase, _ in _scored_keyphrases(texts, target, encoder, k, text_vectors, lam, max_candidates,
+                                                       max_ngram)]
+
+
+def _scored_keyphrases(texts: Sequence[str], target: np.ndarray, encoder: Encoder, k: int,
+                       text_vectors: np.ndarray | None, lam: float, max_candidates: int,
+                       max_ngram: int) -> list[tuple[str, float]]:
+    """keyphrases(), each with how well it names the whole: relevance times log(1 + how much it is said)."""
     if isinstance(texts, str):
         raise TypeError("keyphrases() takes a sequence of texts, not a single string")
     if k < 1:
@@ -403,15 +435,25 @@ def keyphrases(texts: Sequence[str], target: np.ndarray, encoder: Encoder, k: in
     vectors = encoder.encode([" ".join(c.tokens) for c in cands])
     relevance = vectors @ target if np.linalg.norm(target) > 0 else pre[order].astype(np.float32)
 
+    # A phrase about as relevant without its last word loses to that shorter phrase: the last word is then most
+    # often a verb no tagger told apart ("political philosophy develops", "spaghetti cooks"). Only the last:
+    # without its first word "political philosophy" would lose to "philosophy".
+    said = relevance.astype(np.float32)
+    relevance = said.copy()
+    index = {c.norm: j for j, c in enumerate(cands)}
+    for i, c in enumerate(cands):
+        j = index.get(c.norm[:-1]) if len(c.norm) > 1 else None
+        if j is not None and said[j] >= said[i] - _PART_MARGIN:
+            relevance[i] = -1.0
     # MMR's novelty term would, once the topic's phrases are taken, reach for one about something else
     # entirely; a phrase far less relevant than the best is no keyword of this chapter.
-    floor = _MIN_RELATIVE_RELEVANCE * float(relevance.max()) if len(relevance) else 0.0
+    floor = _MIN_RELATIVE_RELEVANCE * float(said.max())
 
     def allowed(i: int, picked: list[int]) -> bool:
         return relevance[i] >= floor and not any(_overlaps(cands[i].norm, cands[j].norm) for j in picked)
 
-    picked = _mmr(relevance.astype(np.float32), vectors, k, lam, allowed)
-    return [_display(cands[i].tokens, proper) for i in picked]
+    picked = _mmr(relevance, vectors, k, lam, allowed)
+    return [(_display(cands[i].tokens, proper), float(said[i]) * float(np.log1p(pre[order][i]))) for i in picked]
 
 
 # ---------------------------------------------------------------------------------------------------------- summaries
@@ -481,8 +523,7 @@ def file_summary_sentences(sentences: Sequence[Sentence], vectors: np.ndarray, k
         return True
 
     # Vetoed rows are dropped from this pass, so a second pass without the rule fills what is left.
-    first = _mmr(block @ _centroid(vectors), block, k, lam, allowed)
-    picked = list(first)
+    picked = _mmr(block @ _centroid(vectors), block, k, lam, allowed)
     if len(picked) < k:
         rest = [j for j in range(len(rows)) if j not in picked]
         sub = block[rest]
@@ -545,14 +586,18 @@ def title_case(phrase: str) -> str:
                     for i, w in enumerate(words))
 
 
-def _title(keywords: list[str], max_words: int) -> str:
-    # The best keyphrase names the chapter; a single word alone is vague, so the runner-up joins it after a
-    # comma (punctuation, not an invented "and"). Cut to max_words, whole phrases only.
-    parts = keywords[:1]
-    if keywords and len(keywords[0].split()) == 1 and len(keywords) > 1:
-        parts = keywords[:2]
-    while len(parts) > 1 and sum(len(p.split()) for p in parts) > max_words:
-        parts = parts[:-1]
+# A phrase of several words names a thing more exactly than one word said a little more often.
+_TITLE_WORD_BONUS = 0.3
+
+
+def _title(scored: list[tuple[str, float]], max_words: int) -> str:
+    # The keyphrase both on topic and said most names the chapter (by relevance alone "spaghetti cooks" beat
+    # "tomato sauce"); a single word alone is vague, so the runner-up joins it after a comma (punctuation, not
+    # an invented "and"). Cut to max_words, whole phrases only.
+    ranked = sorted(scored, key=lambda ps: -ps[1] * (1.0 + _TITLE_WORD_BONUS * (len(ps[0].split()) - 1)))
+    parts = [p for p, _ in ranked[:2 if len(ranked[0][0].split()) == 1 else 1]]
+    if len(parts) > 1 and sum(len(p.split()) for p in parts) > max_words:
+        parts = parts[:1]
     return ", ".join(title_case(p) for p in parts)
 
 
@@ -589,12 +634,12 @@ def _from_speech(sentences: list[Sentence], vectors: np.ndarray | None, encoder:
     target = _centroid(vectors)
     if not np.any(target):  # every sentence encoded to zero (no tokens): rank against the text as a whole
         target = _unit(encoder.encode([" ".join(s.text for s in sentences)])[0])
-    keywords = keyphrases([s.text for s in sentences], target, encoder, options.keywords, text_vectors=vectors,
-                          lam=options.keyword_lambda, max_candidates=options.max_candidates,
-                          max_ngram=options.max_ngram)
+    scored = _scored_keyphrases([s.text for s in sentences], target, encoder, options.keywords, vectors,
+                                options.keyword_lambda, options.max_candidates, options.max_ngram)
+    keywords = [phrase for phrase, _ in scored]
     picked = summarize_sentences(sentences, vectors, options.summary_sentences, options.mmr_lambda,
                                  min_words=options.min_sentence_words, max_words=options.max_summary_words)
-    title = _title(keywords, options.title_words) if keywords else _short_title(picked or sentences,
+    title = _title(scored, options.title_words) if keywords else _short_title(picked or sentences,
                                                                                  options.title_words)
     return ChapterText(title=title, keywords=keywords, summary=" ".join(s.text for s in picked),
                        sentences=picked, source="speech")

@@ -12,6 +12,7 @@ import pytest
 from indexer.chapter_text import (
     TEMPLATE_WORDS,
     ChapterText,
+    MemoEncoder,
     Sentence,
     TextOptions,
     clean_tag,
@@ -131,6 +132,13 @@ def test_split_sentences_cuts_inside_segments_and_joins_across_them() -> None:
         (4.4, 5.0, "Mr. Smith agrees?"),  # an abbreviation's full stop ends nothing
         (6.0, 7.0, "A 4% tax"),  # the transcript's own spacing, not the words joined by spaces
     ]
+
+
+def test_split_sentences_abbreviations_and_short_answers() -> None:
+    text = "Dr. Jones said no. Then St. Ives, at 3 p.m. sharp. J. R. R. Tolkien wrote it."
+    got = split_sentences([(0.0, 9.0, text, None)])
+    assert [s.text for s in got] == ["Dr. Jones said no.", "Then St. Ives, at 3 p.m. sharp.",
+                                     "J. R. R. Tolkien wrote it."]
 
 
 def test_split_sentences_without_word_times_spreads_them_over_the_segment() -> None:
@@ -354,6 +362,25 @@ def test_options_reject_bad_values() -> None:
         TextOptions(keywords=0)
     with pytest.raises(ValueError, match="mmr_lambda"):
         TextOptions(mmr_lambda=1.5)
+
+
+def test_memo_encoder_encodes_each_string_once(encoder) -> None:
+    calls: list[list[str]] = []
+
+    class Counting:
+        def encode(self, texts):
+            calls.append(list(texts))
+            return encoder.encode(texts)
+
+    memo = MemoEncoder(Counting())
+    first = memo.encode(["tomato sauce", "telescope", "tomato sauce"])
+    again = memo.encode(["telescope", "pasta"])
+    assert calls == [["tomato sauce", "telescope"], ["pasta"]]
+    np.testing.assert_allclose(first, encoder.encode(["tomato sauce", "telescope", "tomato sauce"]), atol=1e-5)
+    np.testing.assert_allclose(again[0], first[1])
+    sentences, vectors = sentences_of(COOKING, encoder)
+    assert describe_chapter(sentences, vectors, [], memo, TextOptions()) == describe_chapter(
+        sentences, vectors, [], encoder, TextOptions())
 
 
 def test_describing_twenty_chapters_timing(encoder) -> None:
