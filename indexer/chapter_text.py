@@ -396,7 +396,7 @@ def _display(tokens: tuple[str, ...], proper: set[str]) -> str:
 
 
 _MIN_RELATIVE_RELEVANCE = 0.4
-_PART_MARGIN = 0.03
+_PART_MARGIN = 0.01
 
 
 def keyphrases(texts: Sequence[str], target: np.ndarray, encoder: Encoder, k: int, *,
@@ -435,9 +435,10 @@ def _scored_keyphrases(texts: Sequence[str], target: np.ndarray, encoder: Encode
     vectors = encoder.encode([" ".join(c.tokens) for c in cands])
     relevance = vectors @ target if np.linalg.norm(target) > 0 else pre[order].astype(np.float32)
 
-    # A phrase about as relevant without its last word loses to that shorter phrase: the last word is then most
-    # often a verb no tagger told apart ("political philosophy develops", "spaghetti cooks"). Only the last:
-    # without its first word "political philosophy" would lose to "philosophy".
+    # A phrase about as relevant without its last word (within _PART_MARGIN) loses to that shorter phrase: the
+    # last word adds nothing and is most often a verb no tagger told apart ("political philosophy develops").
+    # Only the last word: without its first, "political philosophy" would lose to "philosophy"; and a wide
+    # margin turns "global wealth tax" into "global wealth".
     said = relevance.astype(np.float32)
     relevance = said.copy()
     index = {c.norm: j for j, c in enumerate(cands)}
