@@ -138,8 +138,11 @@ def main() -> None:
         tmp = Path(tmp_name)
         files = [p.resolve() for p in args.files]
         if args.speech:
-            files.append(_long_speech(args.speech, args.speech_seconds, (args.data_dir or tmp).parent / "speech_10min.wav"
-                                      if args.data_dir else tmp / "speech_10min.wav"))
+            # Beside a kept data directory, so a rerun finds the same file already indexed.
+            home = args.data_dir.parent if args.data_dir else tmp
+            home.mkdir(parents=True, exist_ok=True)
+            target = home / "speech_10min.wav"
+            files.append(target if target.is_file() else _long_speech(args.speech, args.speech_seconds, target))
         data_dir = args.data_dir or tmp / "data"
         result = {
             "machine": f"{platform.node()} {os.cpu_count()} cores", "when": datetime.now(timezone.utc).isoformat(timespec="minutes"),

@@ -15,7 +15,15 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from indexer.chapter_text import Sentence, TextOptions, describe_chapter, file_summary_sentences, split_sentences
+from indexer.chapter_text import (
+    MemoEncoder,
+    Sentence,
+    TextOptions,
+    clean_tag,
+    describe_chapter,
+    file_summary_sentences,
+    split_sentences,
+)
 from indexer.chapters import ChapterOptions, ChapterSpan, Timeline, find_chapters
 from indexer.embed import ClipEmbeddings
 from store import queries
@@ -133,10 +141,6 @@ def _speech_seconds(segments: Sequence[tuple[float, float, str, Any]], lo: float
     return total
 
 
-def _clean(name: str) -> str:
-    return str(name).split(",")[0].split("(")[0].strip()
-
-
 class Summarizer:
     """Chapters and summaries from stored features; the text encoder and VideoBERT are loaded on first use."""
 
@@ -176,18 +180,42 @@ class Summarizer:
         )
         spans = find_chapters(timeline, opts.chapters)
         sentences = split_sentences(data.segments)
-        vectors = (self.encoder.encode([s.text for s in sentences]) if sentences
-                   else np.zeros((0, 384), np.float32))
+        vectors = self._sentence_vectors(data, sentences)
         mids = np.asarray([(s.start + s.end) / 2 for s in sentences])
-        chapters = [self._chapter(data, span, sentences, vectors, mids) for span in spans]
+        # Chapters of one file repeat phrases: each distinct candidate is encoded once per file.
+        encoder = MemoEncoder(self.encoder)
+        chapters = [self._chapter(data, span, sentences, vectors, mids, encoder) for span in spans]
         return Summary(chapters=chapters, summary=self._file_summary(data, chapters, sentences, vectors))
 
+    def _sentence_vectors(self, data: FileData, sentences: list[Sentence]) -> np.ndarray:
+        """Each sentence's vector: the mean of the stored speech vectors of the clips it overlaps.
+
+        Those windows (the clip +-1.5 s of transcript) were embedded at ingest; reusing them saves
+        encoding every sentence again (the step's main cost on a long talk). A sentence no stored
+        vector covers is encoded.
+        """
+        out = np.zeros((len(sentences), 384), np.float32)
+        if not sentences:
+            return out
+        missing = []
+        times = data.clip_times
+        for i, sentence in enumerate(sentences):
+            if data.speech is not None and data.has_speech is not None and len(times):
+                rows = np.flatnonzero((times[:, 1] > sentence.start) & (times[:, 0] < sentence.end) & data.has_speech)
+                if len(rows):
+                    out[i] = _unit(data.speech[rows].mean(0))
+                    continue
+            missing.append(i)
+        if missing:
+            out[missing] = self.encoder.encode([sentences[i].text for i in missing])
+        return out
+
     def _chapter(self, data: FileData, span: ChapterSpan, sentences: list[Sentence], vectors: np.ndarray,
-                 mids: np.ndarray) -> queries.ChapterRecord:
+                 mids: np.ndarray, encoder: Any) -> queries.ChapterRecord:
         inside = [i for i in range(len(sentences)) if span.start <= mids[i] < span.end]
         clips = range(span.first_clip, span.end_clip)
         text = describe_chapter([sentences[i] for i in inside], vectors[inside], [data.concepts[c] for c in clips],
-                                self.encoder, self.options.text)
+                                encoder, self.options.text)
         vector = _unit(vectors[inside].mean(0)) if inside else None
         visual_rows = [c for c in clips if data.has_visual is not None and data.has_visual[c]]
         thumb = None
@@ -211,7 +239,9 @@ class Summarizer:
     def _file_summary(self, data: FileData, chapters: Sequence[queries.ChapterRecord], sentences: list[Sentence],
                       vectors: np.ndarray) -> queries.SummaryRecord:
         opts = self.options
-        picked = file_summary_sentences(sentences, vectors, opts.summary_sentences) if sentences else []
+        # One sentence per chapter before any chapter gets a second: the summary covers the whole file.
+        picked = (file_summary_sentences(sentences, vectors, opts.summary_sentences,
+                                         spans=[(c.start, c.end) for c in chapters]) if sentences else [])
         if picked:
             summary = " ".join(s.text for s in picked)
         else:
@@ -234,7 +264,7 @@ class Summarizer:
         """The file's main concepts: the share of its video clips each tag names with some confidence."""
         counts: dict[str, int] = {}
         for tags in data.concepts:
-            for name in {_clean(n) for n, p in tags[:3] if float(p) >= self.options.concept_min_prob}:
+            for name in {clean_tag(n) for n, p in tags[:3] if float(p) >= self.options.concept_min_prob}:
                 counts[name] = counts.get(name, 0) + 1
         total = max(sum(1 for tags in data.concepts if tags), 1)
         top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.options.main_concepts]
@@ -283,7 +313,7 @@ class Summarizer:
             half = self.options.highlight_seconds / 2
             middle = (start + end) / 2
             start, end = max(0.0, middle - half), min(data.duration or middle + half, middle + half)
-            tags = [_clean(name) for name, p in data.concepts[row][:3] if float(p) >= self.options.concept_min_prob]
+            tags = [clean_tag(name) for name, p in data.concepts[row][:3] if float(p) >= self.options.concept_min_prob]
             text = "On screen: " + ", ".join(dict.fromkeys(tags)) if tags else ""
         return {"start": round(start, 3), "end": round(end, 3), "kind": kind, "clip_index": data.clip_indices[row],
                 "score": round(score, 4), "text": text}

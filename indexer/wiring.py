@@ -156,7 +156,7 @@ class Resources:
         """Chapters and summaries with this deployment's options and VideoBERT's surprise (see surprise_record).
 
         Looked up at every call like the embedder, so training or activating a VideoBERT anywhere
-        changes the summaries' version and the next sync recomputes them. The text encoder is the embedder's.
+        changes the summaries' version and the next sync recomputes them.
         """
         from indexer.summaries import Summarizer, SummaryOptions
 
@@ -174,7 +174,15 @@ class Resources:
                         device = self.deployment.model_device if self.deployment.model_device != "auto" else "cpu"
                         self._surprise = (record.id, SurpriseModel(record.path, record.vocab_path, device=device))
                     surprise = self._surprise[1]
-        return Summarizer(self.deployment.summary or SummaryOptions(), lambda: self.embedder().encoder, surprise)
+        return Summarizer(self.deployment.summary or SummaryOptions(), self._summary_encoder, surprise)
+
+    def _summary_encoder(self):  # type: ignore[no-untyped-def]
+        # MiniLM in ONNX (the query encoder's export): 1.5-2x the torch encoder's speed on short
+        # keyphrases, and `vidx chapters` then never imports torch unless a VideoBERT is in play.
+        # One thread: on shared cores two fought each other (up to 10x slower under load).
+        from models.onnx_text_encoder import load_query_encoder
+
+        return load_query_encoder(self.deployment.embed.cache_dir, threads=self.deployment.embed.threads or 1)
 
     def use_embedder(self, embedder: Embedder, model_id: int | None) -> None:
         """Adopt an embedder built for a model switch (its CBT vectors are already computed)."""
