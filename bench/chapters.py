@@ -260,15 +260,18 @@ def _mentions(text: str, keyword: str) -> bool:
     return re.search(rf"\b{k}s?\b", text.lower().replace("-", " ")) is not None
 
 
-def title_hits(case: Case, spans: Spans, texts: list[str]) -> tuple[int, int]:
-    """Parts whose covering chapter (the one overlapping the part most) names one of the part's keywords."""
-    hits = 0
+def title_hits(case: Case, spans: Spans, texts: list[str]) -> dict[str, list[int]]:
+    """Per kind of part (speech over a still, or a film), [parts whose covering chapter (the one
+    overlapping the part most) names one of the part's keywords, parts]."""
+    out: dict[str, list[int]] = {}
     for part in case.parts:
         a, b = float(part["start"]), float(part["end"])
         overlap = [max(0.0, min(b, e) - max(a, s)) for s, e in spans]
         text = texts[int(np.argmax(overlap))]
-        hits += any(_mentions(text, k) for k in part["keywords"])
-    return hits, len(case.parts)
+        kind = out.setdefault("speech" if str(part["picture"]).startswith("still:") else "film", [0, 0])
+        kind[0] += any(_mentions(text, k) for k in part["keywords"])
+        kind[1] += 1
+    return out
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -279,7 +282,7 @@ def evaluate(cases: Sequence[Case], method: Callable[[Case], Spans], titler: Tit
     total = Score()
     kinds: dict[str, list[int]] = {}
     per_case = {}
-    hits = [0, 0]
+    hits: dict[str, list[int]] = {}
     seconds = []
     for case in cases:
         t0 = time.perf_counter()
@@ -293,13 +296,16 @@ def evaluate(cases: Sequence[Case], method: Callable[[Case], Spans], titler: Tit
             kinds[name][1] += n
         per_case[case.id] = {"f1": round(s.f1, 3), "chapters": [round(a, 1) for a, _ in spans]}
         if titler is not None and titler.available:
-            h, n = title_hits(case, spans, titler.texts(case, spans))
-            hits[0] += h
-            hits[1] += n
+            for kind, (h, n) in title_hits(case, spans, titler.texts(case, spans)).items():
+                hits.setdefault(kind, [0, 0])
+                hits[kind][0] += h
+                hits[kind][1] += n
     row: dict[str, Any] = {"precision": round(total.precision, 3), "recall": round(total.recall, 3),
                            "f1": round(total.f1, 3), "tp": total.tp, "fp": total.fp, "fn": total.fn,
                            "kinds": kinds, "cases": per_case, "max_ms": round(1000 * max(seconds), 2)}
-    row["title_hits"] = round(hits[0] / hits[1], 3) if hits[1] else None
+    found, parts = sum(h for h, _ in hits.values()), sum(n for _, n in hits.values())
+    row["title_hits"] = round(found / parts, 3) if parts else None
+    row["title_hits_by_part"] = hits
     return row
 
 
@@ -415,7 +421,8 @@ def tune(cases: Sequence[Case], base: ChapterOptions, grid: dict[str, list[Any]]
         pick, _ = choose(np.delete(table, b, axis=1))
         held.add(Score(*map(int, table[pick, b])))
     return {"best": combos[best], "best_f1": round(float(f1[best]), 3), "top_f1": round(float(f1.max()), 3),
-            "combos": len(combos), "leave_one_video_out_f1": round(held.f1, 3)}
+            "combos": len(combos), "tied_at_top": int((f1 >= f1.max() - 1e-9).sum()),
+            "leave_one_video_out_f1": round(held.f1, 3)}
 
 
 def speed(options: ChapterOptions, seconds: float = 600.0, runs: int = 5) -> float:
@@ -439,10 +446,12 @@ def speed(options: ChapterOptions, seconds: float = 600.0, runs: int = 5) -> flo
 
 def markdown(rows: list[tuple[str, dict[str, Any]]]) -> str:
     kinds = list(dict.fromkeys(k for _, r in rows for k in r["kinds"]))
-    head = ["method", "P", "R", "F1", "title hits", *(f"R {k}" for k in kinds)]
+    head = ["method", "P", "R", "F1", "title hits (speech, film parts)", *(f"R {k}" for k in kinds)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows:
-        th = "-" if r["title_hits"] is None else f"{r['title_hits']:.2f}"
+        by = r.get("title_hits_by_part") or {}
+        th = "-" if r["title_hits"] is None else (
+            f"{r['title_hits']:.2f} (" + ", ".join(f"{by[k][0]}/{by[k][1]}" for k in ("speech", "film") if k in by) + ")")
         ks = [f"{r['kinds'][k][0]}/{r['kinds'][k][1]}" if k in r["kinds"] else "-" for k in kinds]
         lines.append(f"| {name} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | {th} | " + " | ".join(ks) + " |")
     return "\n".join(lines)
@@ -458,7 +467,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-titles", action="store_true", help="skip the title keyword hits (no text encoder)")
     ap.add_argument("--tune", action="store_true", help="grid-search thresholds; leave-one-video-out F1")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    ap.add_argument("--out", type=Path, help="also write the JSON report here")
     args = ap.parse_args()
 
     manifest = load_manifest(args.manifest)
@@ -496,6 +506,8 @@ def main() -> None:
             report["tune"] = tune(cases, replace(base, signals=tuple(s for s in base.signals if s != "surprise")))
             if checkpoint is not None:
                 report["tune_surprise"] = tune(cases, base, SURPRISE_GRID)
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.json:
         print(json.dumps(report, indent=1))
         return
