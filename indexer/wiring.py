@@ -139,23 +139,19 @@ class Resources:
             return self._embedder
 
     def surprise_record(self) -> ModelRecord | None:
-        """The VideoBERT whose next-clip surprise marks chapter boundaries: the active one, else the newest trained.
+        """The VideoBERT whose next-clip surprise marks chapter boundaries: the active one only.
 
-        Surprise needs only what VideoBERT learned of temporal structure, not a rerank that beats
-        its baseline, so a model the activation rule kept off still serves here.
+        On the chapter manifest surprise found every picture change alone but added nothing beside
+        the visual signal (BENCHMARKS.md), and it costs ~8 s per 10 minutes of video on two cores:
+        it runs when a person (or the activation rule) has switched a VideoBERT on, not for every
+        trained one.
         """
-        from indexer.training.registry import list_versions
-
-        active = self.active_models().get("videobert")
-        if active is not None:
-            return active
-        trained = [r for r in list_versions(self.catalog, self.layout.models) if r.kind == "videobert"]
-        return trained[-1] if trained else None
+        return self.active_models().get("videobert")
 
     def summarizer(self) -> Summarizer:
         """Chapters and summaries with this deployment's options and VideoBERT's surprise (see surprise_record).
 
-        Looked up at every call like the embedder, so training or activating a VideoBERT anywhere
+        Looked up at every call like the embedder, so activating or deactivating a VideoBERT anywhere
         changes the summaries' version and the next sync recomputes them.
         """
         from indexer.summaries import Summarizer, SummaryOptions

@@ -236,25 +236,33 @@ def test_train_registers_checkpoints_versions_job_and_tokens(trained: Path) -> N
     assert torch.load(run / "videobert.pt", weights_only=True)["extra"]["steps"] == 4
 
 
-def test_chapters_follow_the_trained_videobert_without_decoding(trained: Path) -> None:
-    """Ingest made chapters without a model; a trained VideoBERT (active or not) makes them stale, and they are redone."""
+def test_chapters_follow_the_active_videobert_without_decoding(trained: Path) -> None:
+    """Ingest made chapters without a model; switching a VideoBERT on makes them stale, and they are redone."""
+    from indexer.training.registry import list_versions, set_active
     from store.queries import indexed_media_ids, stale_summary_ids
     from vidx.app import App
     from vidx.settings import Settings
 
     vapp = App(Settings(data_dir=trained))
-    summarizer = vapp.summarizer()
-    assert summarizer.surprise is not None and vapp.active_models() == {}  # the newest trained, though not active
-    indexed = indexed_media_ids(vapp.catalog)
-    assert set(stale_summary_ids(vapp.catalog, summarizer.version)) == indexed
-    with vapp.catalog.session() as session:
-        bikes = session.scalars(select(Media).where(Media.path.endswith("bikes.mp4"))).one()
-        key = bikes.content_hash
-    surprise = summarizer.surprise.surprise(vapp.store.load(key, "features"))
-    assert len(surprise) == bikes.clip_count and np.isfinite(surprise[1:]).all() and (surprise[1:] >= 0).all()
-    report = vapp.summarize()
-    assert report.files == len(indexed) and not report.errors
-    assert stale_summary_ids(vapp.catalog, summarizer.version) == []
+    assert vapp.summarizer().surprise is None  # trained but not active: no surprise, chapters as ingested
+    assert stale_summary_ids(vapp.catalog, vapp.summarizer().version) == []
+    videobert = next(r for r in list_versions(vapp.catalog, vapp.models_root) if r.kind == "videobert")
+    set_active(vapp.catalog, {"videobert": videobert.id})  # the catalog flip alone: the index is not involved
+    try:
+        summarizer = vapp.summarizer()
+        assert summarizer.surprise is not None
+        indexed = indexed_media_ids(vapp.catalog)
+        assert set(stale_summary_ids(vapp.catalog, summarizer.version)) == indexed
+        with vapp.catalog.session() as session:
+            bikes = session.scalars(select(Media).where(Media.path.endswith("bikes.mp4"))).one()
+            key = bikes.content_hash
+        surprise = summarizer.surprise.surprise(vapp.store.load(key, "features"))
+        assert len(surprise) == bikes.clip_count and np.isfinite(surprise[1:]).all() and (surprise[1:] >= 0).all()
+        report = vapp.summarize()
+        assert report.files == len(indexed) and not report.errors
+        assert stale_summary_ids(vapp.catalog, summarizer.version) == []
+    finally:
+        set_active(vapp.catalog, {"videobert": None})
 
 
 def test_activate_reindex_search_describe_deactivate(trained: Path) -> None:
