@@ -15,15 +15,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from indexer.chapter_text import (
-    MemoEncoder,
-    Sentence,
-    TextOptions,
-    clean_tag,
-    describe_chapter,
-    file_summary_sentences,
-    split_sentences,
-)
+from indexer.chapter_text import MemoEncoder, TextOptions, clean_tag, describe_chapter, file_summary_sentences
+from indexer.sentences import Sentence, split_sentences
 from indexer.chapters import ChapterOptions, ChapterSpan, Timeline, find_chapters
 from indexer.embed import ClipEmbeddings
 from store import queries
