@@ -18,7 +18,7 @@ from sqlalchemy.orm import selectinload
 from indexer.chapter_text import MemoEncoder, TextOptions, clean_tag, describe_chapter, file_summary_sentences
 from indexer.sentences import Sentence, split_sentences
 from indexer.chapters import ChapterOptions, ChapterSpan, Timeline, find_chapters
-from indexer.embed import ClipEmbeddings
+from indexer.embed import VECTOR_DIMS, ClipEmbeddings
 from store import queries
 from store.catalog import Catalog, Media, utcnow
 from store.features import FeatureStore
@@ -187,7 +187,7 @@ class Summarizer:
         encoding every sentence again (the step's main cost on a long talk). A sentence no stored
         vector covers is encoded.
         """
-        out = np.zeros((len(sentences), 384), np.float32)
+        out = np.zeros((len(sentences), VECTOR_DIMS["speech"]), np.float32)
         if not sentences:
             return out
         missing = []
@@ -268,7 +268,7 @@ class Summarizer:
         n = len(data.clip_indices)
         if not n:
             return []
-        rows = np.zeros((n, 384), np.float32)
+        rows = np.zeros((n, VECTOR_DIMS["speech"]), np.float32)
         valid = np.zeros(n, bool)
         # Speech says more than tags where there is speech; both live in MiniLM's space.
         for source, present in ((data.visual, data.has_visual), (data.speech, data.has_speech)):

@@ -75,7 +75,7 @@ def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(x[centers], dtype=np.float32)
 
 
-def _kmeans(x: np.ndarray, k: int, niter: int, nredo: int, seed: int) -> np.ndarray:
+def kmeans(x: np.ndarray, k: int, niter: int, nredo: int, seed: int) -> np.ndarray:
     """k centroids of x (float32 [k, D]): the best of nredo k-means++-seeded faiss runs; x has >= k distinct rows."""
     import faiss  # imported on use: faiss loads OpenMP and BLAS, which a search-only process may never need
 
@@ -96,7 +96,7 @@ def _kmeans(x: np.ndarray, k: int, niter: int, nredo: int, seed: int) -> np.ndar
     return best
 
 
-def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (L2) per row of x; ties go to the lowest index, so it is deterministic."""
     # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is the same for every c of a row.
     d = (centroids * centroids).sum(axis=1)[None, :] - 2.0 * (x @ centroids.T)
@@ -160,14 +160,14 @@ class VisualVocab:
                 continue  # all points the same: nothing to split, this node is a leaf
             # A node-specific seed keeps each split reproducible regardless of the order nodes are visited in.
             seed = (config.seed * 1_000_003 + level * 7919 + prefix) % (2**31 - 1)
-            cents = _kmeans(sub, k, config.niter, config.nredo, seed)
+            cents = kmeans(sub, k, config.niter, config.nredo, seed)
             levels.append(level)
             prefixes.append(prefix)
             starts.append(offset)
             kcounts.append(k)
             blocks.append(cents)
             offset += k
-            child = _nearest(sub, cents)
+            child = nearest(sub, cents)
             for c in range(k):
                 queue.append((level + 1, prefix * config.branching + c, rows[child == c]))
         centroids = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
@@ -215,7 +215,7 @@ class VisualVocab:
                     active[rows] = False  # a leaf above full depth: its token is the path padded with zeros
                     continue
                 s, k = self.node_start[node], self.node_count[node]
-                step[rows] = _nearest(x[rows], self._centroids[s:s + k])
+                step[rows] = nearest(x[rows], self._centroids[s:s + k])
             prefix = prefix * self.branching + np.where(active, step, 0)
         return prefix
 

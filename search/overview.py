@@ -64,30 +64,6 @@ class Overview(BaseModel):
     topics: list[Topic]
 
 
-def _kmeans(x: np.ndarray, k: int, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """Spherical k-means (cosine) with k-means++ seeding; returns each row's cluster."""
-    centres = [x[int(rng.integers(len(x)))]]
-    # Each row's distance to its nearest centre so far, updated with the newest centre only.
-    dist = np.clip(1.0 - x @ centres[0], 0.0, None)
-    for _ in range(1, k):
-        total = float(dist.sum())
-        centres.append(x[int(rng.choice(len(x), p=dist / total))] if total > 0 else x[int(rng.integers(len(x)))])
-        dist = np.minimum(dist, np.clip(1.0 - x @ centres[-1], 0.0, None))
-    c = np.stack(centres)
-    labels = np.zeros(len(x), int)
-    for _ in range(iterations):
-        new = np.argmax(x @ c.T, axis=1)
-        if np.array_equal(new, labels) and _ > 0:
-            break
-        labels = new
-        for j in range(k):
-            members = x[labels == j]
-            if len(members):
-                m = members.sum(0)
-                c[j] = m / max(float(np.linalg.norm(m)), 1e-9)
-    return labels
-
-
 def _merge(x: np.ndarray, weights: np.ndarray, same_topic: float, max_topics: int) -> np.ndarray:
     """Average-linkage agglomeration of unit rows: merge while the closest pair is a topic, or while too many remain."""
     m = len(x)
@@ -118,7 +94,10 @@ def _topics_of(x: np.ndarray, options: OverviewOptions) -> np.ndarray:
         return np.zeros(1, int)
     if len(x) <= options.max_parts:
         return _merge(x, np.ones(len(x)), options.same_topic, options.max_topics)
-    parts = _kmeans(x, options.max_parts, options.iterations, np.random.default_rng(options.seed))
+    from models.visual_vocab import kmeans, nearest
+
+    # The vocabulary's k-means (faiss, k-means++ seeding) on unit rows: L2 and cosine order them alike.
+    parts = nearest(x, kmeans(x, options.max_parts, options.iterations, 1, options.seed))
     used = np.unique(parts)
     centres = np.stack([x[parts == p].mean(0) for p in used])
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-9)

@@ -68,11 +68,10 @@ def _timed(rows: list[list[Any]] | None) -> list[TimedText]:
     return [TimedText(start=float(r[0]), end=float(r[1]), text=str(r[2])) for r in rows or []]
 
 
-def chapter_out(catalog: Catalog, row: Chapter, feature_root: os.PathLike[str] | str | None) -> ChapterOut:
-    thumb = None
-    if row.thumb_clip is not None and feature_root is not None:
-        relative = queries.clip_thumbnail(catalog, row.media_id, row.thumb_clip)
-        thumb = os.path.join(feature_root, relative) if relative else None
+def chapter_out(row: Chapter, thumbnails: dict[int, str], feature_root: os.PathLike[str] | str | None) -> ChapterOut:
+    """One chapter row as shown; ``thumbnails``: the file's clip thumbnails (:func:`store.queries.clip_thumbnails`)."""
+    relative = thumbnails.get(row.thumb_clip) if row.thumb_clip is not None else None
+    thumb = os.path.join(feature_root, relative) if relative and feature_root is not None else None
     return ChapterOut(
         index=row.chapter_index + 1, start=row.start, end=row.end, title=row.display_title,
         keywords=list(row.keywords or []), summary=row.summary, sentences=_timed(row.sentences), source=row.source,
@@ -83,7 +82,9 @@ def chapter_out(catalog: Catalog, row: Chapter, feature_root: os.PathLike[str] |
 
 def chapters(catalog: Catalog, media_id: int, feature_root: os.PathLike[str] | str | None = None) -> list[ChapterOut]:
     """One file's chapters in time order (empty if none were computed yet)."""
-    return [chapter_out(catalog, row, feature_root) for row in queries.chapters_of(catalog, media_id)]
+    rows = queries.chapters_of(catalog, media_id)
+    thumbnails = queries.clip_thumbnails(catalog, media_id) if rows and feature_root is not None else {}
+    return [chapter_out(row, thumbnails, feature_root) for row in rows]
 
 
 def file_summary(catalog: Catalog, media_id: int,

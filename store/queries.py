@@ -211,6 +211,16 @@ def clip_thumbnail(catalog: Catalog, media_id: int, clip_index: int) -> str | No
         )
 
 
+def clip_thumbnails(catalog: Catalog, media_id: int) -> dict[int, str]:
+    """Every clip thumbnail of one indexed file by clip index, relative to the feature store's root."""
+    with catalog.session() as session:
+        return dict(session.execute(
+            select(Clip.clip_index, Clip.thumbnail).join(Media, Media.id == Clip.media_id).where(
+                Clip.media_id == media_id, Clip.thumbnail.is_not(None), Media.status == MediaStatus.INDEXED
+            )
+        ).tuples().all())
+
+
 @dataclass(frozen=True)
 class MediaDetail:
     """What `vidx show` prints: the file, its streams, its transcript with times and its clips."""
